@@ -1,0 +1,30 @@
+"""SinkActor: writes predictions and dead letters; its acks say what is safely written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipelines.protocol import Ack, SinkBatch
+from pipelines.sinks import FileSink
+
+
+@ray.remote(max_restarts=0)
+class SinkActor:
+    def __init__(self, out_dir: Path) -> None:
+        self._sink = FileSink(out_dir)
+
+    def ready(self) -> str:
+        return "sink"
+
+    def write(self, batch: SinkBatch) -> Ack:
+        return self._sink.write(batch)
+
+    def stats(self) -> dict[str, Any]:
+        return self._sink.stats()
+
+    def close(self) -> dict[str, Any]:
+        self._sink.close()
+        return self._sink.stats()

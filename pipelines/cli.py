@@ -1,0 +1,166 @@
+"""The ``riffle`` command.
+
+Mistakes of the operator (a bad config, a missing file, an unknown model) print one
+line on stderr and exit with code 2; bad records never stop a run (dead letters).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.config import PipelineConfig, load_config
+from pipelines.errors import RiffleError
+from pipelines.sources import check_source
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Fail(click.ClickException):
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"riffle: error: {self.format_message()}", err=True)
+
+
+def _load(path: Path, events: int | None, endless: bool, out: Path | None) -> PipelineConfig:
+    overrides: dict[str, Any] = {}
+    if events is not None and endless:
+        raise _Fail("--events and --endless are exclusive")
+    if events is not None or endless:
+        raw_kind = _peek_kind(path)
+        if raw_kind != "synthetic":
+            raise _Fail(f"--events/--endless apply to the synthetic source, not '{raw_kind}'"
+                        " (a file source follows its file with source.follow: true)")
+        overrides["source.n_events"] = None if endless else events
+    if out is not None:
+        overrides["output.out_dir"] = str(out)
+    try:
+        config = load_config(path, **overrides)
+        check_source(config.source)
+    except RiffleError as e:
+        raise _Fail(str(e)) from None
+    return config
+
+
+def _peek_kind(path: Path) -> str | None:
+    try:
+        return load_config(path).source.kind
+    except RiffleError as e:
+        raise _Fail(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="riffle-ml")
+def cli() -> None:
+    """riffle: online machine learning in fast data pipelines."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+def validate(config: Path) -> None:
+    """Check CONFIG (and that its source can be read) without running it."""
+    cfg = _load(config, None, False, None)
+    click.echo(f"{config}: ok (pipeline '{cfg.name}', source {cfg.source.kind}, "
+               f"{cfg.ingest.n_actors} ingest x {cfg.scoring.n_actors} scoring actors, "
+               f"config {cfg.config_hash()})")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--events", type=click.IntRange(min=1), help="Events to generate (synthetic source).")
+@click.option("--endless", is_flag=True, help="Never end the synthetic source; stop with Ctrl-C.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default out/NAME).")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress bar (default: when stderr is a terminal).")
+def run(config: Path, events: int | None, endless: bool, out: Path | None,
+        progress: bool | None) -> None:
+    """Run the pipeline of CONFIG until its source ends (or Ctrl-C / SIGTERM)."""
+    cfg = _load(config, events, endless, out)
+    from pipelines.runner import ensure_ray, run_pipeline
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: leave now
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    console = Console(stderr=True)
+    show = console.is_terminal if progress is None else progress
+    started_here = ensure_ray(cfg.runtime.num_cpus)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True, disable=not show) as bar:
+            task = bar.add_task("starting actors...", total=None)
+
+            def on_progress(status: dict[str, Any]) -> None:
+                acc = status["metrics"].get("accuracy", status["metrics"].get("mae"))
+                name = "accuracy" if "accuracy" in status["metrics"] else "mae"
+                bar.update(task, description=(
+                    f"{status['events']:,} events  {status['events_per_s']:,.0f}/s  "
+                    f"{name} {acc if acc is None else round(acc, 4)}  "
+                    f"dead letters {status['dead_letters']:,}"))
+
+            summary = run_pipeline(cfg, stop=stop, on_progress=on_progress)
+    except RiffleError as e:
+        raise _Fail(str(e)) from None
+    finally:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+    _print_summary(summary, cfg.out_dir if out is None else out)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"riffle run: {summary['pipeline']}", show_header=False)
+    for key in ("events", "scored", "learned", "dead_letters", "duplicates", "labels_expired",
+                "labels_unmatched", "events_per_s"):
+        table.add_row(key, f"{summary[key]:,}")
+    lat = summary["latency_ms"]
+    if lat.get("p50") is not None:
+        table.add_row("latency p50 / p99", f"{lat['p50']:.1f} ms / {lat['p99']:.1f} ms")
+    for name, value in summary["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    windows = summary["windows"]
+    if windows["values"]:
+        table.add_row(f"{windows['metric']} per {windows['size']:,} labels",
+                      " ".join(f"{v:.3f}" for v in windows["values"]))
+    if summary["stopped_early"]:
+        table.add_row("stopped", "by request (in-flight batches drained)")
+    table.add_row("output", str(out))
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("riffle: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        if isinstance(e, click.UsageError):
+            click.echo(f"riffle: error: {e.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("riffle: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Pipeline configuration: frozen, strict pydantic models loaded from one YAML file.
+
+A pipeline is declared in ``configs/<name>.yaml``; :func:`load_config` turns it into a
+:class:`PipelineConfig` or raises :class:`~pipelines.errors.ConfigError` with a one-line
+message that names the file, the dotted path of each bad field and what was expected.
+
+>>> cfg = PipelineConfig.model_validate({"name": "demo", "source": {"kind": "synthetic"}})
+>>> cfg.scoring.model.steps[-1].name
+'linear_model.LogisticRegression'
+>>> cfg.source.partitions
+4
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+__all__ = [
+    "DriftConfig",
+    "FileSourceConfig",
+    "IngestConfig",
+    "ModelSpec",
+    "OutputConfig",
+    "PipelineConfig",
+    "RuntimeConfig",
+    "ScoringConfig",
+    "SourceConfig",
+    "StepSpec",
+    "SyntheticSourceConfig",
+    "format_validation_error",
+    "load_config",
+]
+
+
+# YAML has no path type: a path field takes a string even in strict mode.
+LaxPath = Annotated[Path, Field(strict=False)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DriftConfig(_Frozen):
+    """A concept change: ``river.datasets.synth.ConceptDriftStream`` around the stream."""
+
+    position: Annotated[int, Field(ge=0)]
+    """Event index (stream-wide) at which the new concept is half-way in."""
+    width: Annotated[int, Field(ge=1)] = 1000
+    to_function: Annotated[int, Field(ge=0, le=9)] = 2
+    """Agrawal classification function after the change."""
+
+
+class _LabelDelay(_Frozen):
+    label_delay_events: Annotated[int, Field(ge=0)] = 0
+    """Feedback for an event is emitted after this many further events of its partition."""
+    label_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    """Feedback for an event is emitted this many seconds after the event."""
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> _LabelDelay:
+        if self.label_delay_events and self.label_delay_s:
+            raise ValueError(
+                f"label_delay_events ({self.label_delay_events}) and label_delay_s "
+                f"({self.label_delay_s}) are exclusive: set one of them"
+            )
+        return self
+
+
+class SyntheticSourceConfig(_LabelDelay):
+    """Loan applications from ``river.datasets.synth.Agrawal``, partitioned by ``key``."""
+
+    kind: Literal["synthetic"]
+    name: str = "loans"
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    n_events: Annotated[int, Field(ge=1)] | None = 200_000
+    """Total events over all partitions; ``null`` makes the stream endless."""
+    seed: int = 42
+    classification_function: Annotated[int, Field(ge=0, le=9)] = 0
+    drift: DriftConfig | None = None
+    n_keys: Annotated[int, Field(ge=1)] = 50_000
+    """Distinct applicants; each event's ``key`` is one of them."""
+    rate_per_s: Annotated[float, Field(gt=0)] | None = None
+    """Target event rate over all partitions; ``null`` reads as fast as the pipeline takes."""
+
+
+class FileSourceConfig(_LabelDelay):
+    """Replay of a JSONL or CSV file of flat rows, partitioned by ``key``."""
+
+    kind: Literal["file"]
+    path: LaxPath
+    format: Literal["jsonl", "csv"] | None = None
+    """Inferred from the suffix when not given."""
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    id_column: str = "record_id"
+    key_column: str = "key"
+    time_column: str | None = "event_time"
+    label_column: str | None = None
+    """When set, the label is split off each row and emitted as feedback."""
+    features: list[str] | None = None
+    """Feature columns; when set, any other column is an error. Default: every other column."""
+    follow: bool = False
+    """Keep reading lines appended to the file (an endless source), like ``tail -f``."""
+
+    @model_validator(mode="after")
+    def _format_known(self) -> FileSourceConfig:
+        if self.format is None and self.path.suffix.lower() not in {".jsonl", ".ndjson", ".csv"}:
+            raise ValueError(
+                f"cannot infer the format of '{self.path}' from its suffix: set format to "
+                "'jsonl' or 'csv'"
+            )
+        return self
+
+    @property
+    def file_format(self) -> Literal["jsonl", "csv"]:
+        if self.format is not None:
+            return self.format
+        return "csv" if self.path.suffix.lower() == ".csv" else "jsonl"
+
+
+SourceConfig = Annotated[SyntheticSourceConfig | FileSourceConfig, Field(discriminator="kind")]
+
+
+class IngestConfig(_Frozen):
+    n_actors: Annotated[int, Field(ge=1, le=256)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """A scorer's batch is sent when it holds this many records..."""
+    linger_s: Annotated[float, Field(ge=0, le=10)] = 0.005
+    """...or when its oldest record has waited this long."""
+    max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Batches per scorer sent but not yet written by the sink (backpressure)."""
+    dedupe_window: Annotated[int, Field(ge=0)] = 1_000_000
+    """How many recent ``record_id`` an ingest actor remembers to drop duplicates."""
+    max_abs_value: Annotated[float, Field(gt=0)] = 1e15
+    """A feature whose magnitude exceeds this is invalid (a dead letter)."""
+    categorical_features: list[str] = []
+    """Features that may be strings; every other feature must be a finite number."""
+    num_cpus: Annotated[float, Field(ge=0)] = 0.5
+
+
+class StepSpec(_Frozen):
+    """One River estimator by dotted name (relative to ``river.``) and its parameters."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
+class ModelSpec(_Frozen):
+    """A River model: the steps are composed into a pipeline with ``|``."""
+
+    steps: Annotated[list[StepSpec], Field(min_length=1)] = [
+        StepSpec(name="preprocessing.StandardScaler"),
+        StepSpec(name="linear_model.LogisticRegression"),
+    ]
+    version: str = "v0"
+    """Stamped on every prediction until checkpoints number the versions."""
+
+
+class ScoringConfig(_Frozen):
+    n_actors: Annotated[int, Field(ge=1, le=256)] = 1
+    model: ModelSpec = ModelSpec()
+    max_pending_labels: Annotated[int, Field(ge=1)] = 200_000
+    """Scored records kept (per scorer) until their label arrives; the oldest expire first."""
+    label_ttl_s: Annotated[float, Field(gt=0)] = 3600.0
+    """A scored record whose label has not arrived after this long expires."""
+    metrics_window: Annotated[int, Field(ge=1)] = 20_000
+    """Labeled events per window of the windowed accuracy (or MAE) in the summary."""
+    num_cpus: Annotated[float, Field(ge=0)] = 0.5
+
+
+class OutputConfig(_Frozen):
+    out_dir: LaxPath | None = None
+    """Default: ``out/<pipeline name>``."""
+
+
+class RuntimeConfig(_Frozen):
+    num_cpus: Annotated[int, Field(ge=1)] | None = None
+    """CPUs of the local Ray started by ``riffle run``; ignored when joining a cluster."""
+    progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+
+
+class PipelineConfig(_Frozen):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    source: SourceConfig
+    ingest: IngestConfig = IngestConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    output: OutputConfig = OutputConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _topology_fits(self) -> PipelineConfig:
+        if self.ingest.n_actors > self.source.partitions:
+            raise ValueError(
+                f"ingest.n_actors ({self.ingest.n_actors}) must be <= source.partitions "
+                f"({self.source.partitions}): an ingest actor owns whole partitions"
+            )
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return self.output.out_dir or Path("out") / self.name
+
+    def config_hash(self) -> str:
+        """A short content hash of the effective config (stable across key order)."""
+        blob = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line: ``field.path: what was expected`` for each error, joined by ``; ``.
+
+    >>> try:
+    ...     PipelineConfig.model_validate({"name": "x", "source": {"kind": "synthetic", "seed": "a"}})
+    ... except ValidationError as e:
+    ...     print(format_validation_error(e))
+    source.synthetic.seed: Input should be a valid integer
+    """
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
+    """Read and validate a pipeline YAML; ``overrides`` are dotted paths, e.g. ``source.seed``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+    # Build the model once so that an unknown estimator fails here, before any actor starts.
+    from pipelines.models import build_model
+
+    build_model(config.scoring.model)
+    return config
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value

@@ -1,0 +1,159 @@
+"""The ingest actor's core: decode, validate, dedupe, route; track what may be committed.
+
+Runtime-free; ``actors.ingest`` wraps it with the Ray sends and the in-flight bounds.
+
+>>> from pipelines.config import PipelineConfig
+>>> cfg = PipelineConfig.model_validate({"name": "t", "source": {"kind": "synthetic"},
+...                                      "scoring": {"n_actors": 2}})
+>>> core = IngestCore(cfg, task="binary", source_name="loans")
+>>> from pipelines.protocol import SourceMessage
+>>> ok = {"record_id": "r1", "key": "k", "features": {"x": 1.0}}
+>>> routed, dead = core.route([SourceMessage(0, 0, "event", ok, None, None, 0.0),
+...                            SourceMessage(0, 1, "event", ok, None, None, 0.0)])
+>>> sum(len(r) for r in routed), [d.error for d in dead]
+(1, ['duplicate record_id (seen within the last 1000000 records)'])
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from pipelines.config import FileSourceConfig, PipelineConfig
+from pipelines.models import Task
+from pipelines.protocol import DeadLetter, Event, Feedback, SourceMessage
+from pipelines.validation import InvalidRecord, RecentIds, RecordValidator
+
+__all__ = ["IngestCore", "PositionTracker", "dead_letter_line", "scorer_of"]
+
+
+def scorer_of(key: str, n_scorers: int) -> int:
+    """The scorer that owns ``key`` (a stable hash, the same in every process).
+
+    >>> scorer_of("applicant-1", 4) == scorer_of("applicant-1", 4)
+    True
+    """
+    return zlib.crc32(key.encode("utf-8")) % n_scorers
+
+
+def dead_letter_line(d: DeadLetter) -> bytes:
+    """The JSON line of a dead letter in ``dead_letters.jsonl``."""
+    return orjson.dumps({"record_id": d.record_id, "kind": d.kind, "raw": d.raw,
+                         "error": d.error, "source": d.source, "position": d.position})
+
+
+class IngestCore:
+    """Turns source messages into routed events and feedback, or dead letters."""
+
+    def __init__(self, config: PipelineConfig, *, task: Task, source_name: str) -> None:
+        src = config.source
+        self.validator = RecordValidator(
+            task=task,
+            max_abs_value=config.ingest.max_abs_value,
+            categorical_features=config.ingest.categorical_features,
+            required_features=src.features if isinstance(src, FileSourceConfig) else None,
+        )
+        self.seen = RecentIds(config.ingest.dedupe_window)
+        self.n_scorers = config.scoring.n_actors
+        self.source_name = source_name
+        self.counts = {"events": 0, "feedback": 0, "dead_letters": 0, "duplicates": 0,
+                       "invalid": 0, "feedback_invalid": 0}
+
+    def route(
+        self, messages: list[SourceMessage]
+    ) -> tuple[list[list[Event | Feedback]], list[DeadLetter]]:
+        """Per scorer, the valid items in arrival order; and the dead letters."""
+        routed: list[list[Event | Feedback]] = [[] for _ in range(self.n_scorers)]
+        dead: list[DeadLetter] = []
+        validator, counts, n = self.validator, self.counts, self.n_scorers
+        read_at = time.time()
+        for m in messages:
+            is_event = m.kind == "event"
+            counts["events" if is_event else "feedback"] += 1
+            payload = m.payload
+            if payload is None:
+                dead.append(self._dead(m, m.error or "empty message", None))
+                continue
+            try:
+                if is_event:
+                    record_id, key, event_time, features = validator.event(payload)
+                else:
+                    record_id, key, event_time, label = validator.feedback(payload)
+            except InvalidRecord as e:
+                rid = payload.get("record_id")
+                dead.append(self._dead(m, str(e), rid if isinstance(rid, str) else None))
+                continue
+            if is_event:
+                if not self.seen.add(record_id):
+                    counts["duplicates"] += 1
+                    dead.append(self._dead(m, "duplicate record_id (seen within the last "
+                                              f"{self.seen.max_size} records)", record_id))
+                    continue
+                item: Event | Feedback = Event(record_id, key, event_time or read_at, features,
+                                               m.partition, m.offset, read_at)
+            else:
+                item = Feedback(record_id, key, label, event_time or read_at, m.partition,
+                                m.offset, read_at)
+            routed[zlib.crc32(key.encode("utf-8")) % n if n > 1 else 0].append(item)
+        counts["dead_letters"] += len(dead)
+        return routed, dead
+
+    def _dead(self, m: SourceMessage, error: str, record_id: str | None) -> DeadLetter:
+        if m.kind == "event":
+            self.counts["invalid"] += not error.startswith("duplicate")
+        else:
+            self.counts["feedback_invalid"] += 1
+        raw = (m.raw.decode("utf-8", "replace") if m.raw is not None
+               else orjson.dumps(m.payload, default=repr,
+                                 option=orjson.OPT_NON_STR_KEYS).decode())
+        return DeadLetter(record_id, m.kind, raw, error,
+                          f"{self.source_name}[{m.partition}]@{m.offset}", m.offset)
+
+
+class PositionTracker:
+    """Which source positions are safe to commit: everything before them is written.
+
+    Reads are numbered in chunks; every unit sent downstream (a scorer batch, a batch
+    of dead letters) names the oldest chunk it carries. A chunk's positions may be
+    committed once no unit of it or of an older chunk is unwritten or unsent.
+
+    >>> t = PositionTracker()
+    >>> t.chunk_read(0, {0: 10}); t.chunk_read(1, {0: 20})
+    >>> t.unit_sent("a", 0); t.unit_sent("b", 1)
+    >>> t.unit_acked("b"); t.committable(oldest_unsent=None)
+    >>> t.unit_acked("a"); t.committable(oldest_unsent=None)
+    {0: 20}
+    """
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, dict[int, int]] = {}
+        self._units: dict[Any, int] = {}
+        self.committed: dict[int, int] = {}
+
+    def chunk_read(self, chunk: int, positions: dict[int, int]) -> None:
+        self._chunks[chunk] = dict(positions)
+
+    def unit_sent(self, unit: Any, oldest_chunk: int) -> None:
+        self._units[unit] = oldest_chunk
+
+    def unit_acked(self, unit: Any) -> None:
+        del self._units[unit]
+
+    def committable(self, oldest_unsent: int | None) -> dict[int, int] | None:
+        """New positions to commit, given the oldest chunk still held unsent; or None."""
+        blockers = list(self._units.values())
+        if oldest_unsent is not None:
+            blockers.append(oldest_unsent)
+        limit = min(blockers) if blockers else None
+        done = [c for c in self._chunks if limit is None or c < limit]
+        if not done:
+            return None
+        newest = max(done)
+        positions = self._chunks[newest]
+        for c in done:
+            del self._chunks[c]
+        self.committed.update(positions)
+        return positions

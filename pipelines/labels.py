@@ -1,0 +1,108 @@
+"""Holding scored records until their label arrives (and labels until their record does).
+
+The scorer learns on the features it stored at prediction time, never on later ones,
+so a label cannot leak into its own prediction. Both waits are bounded, by count and
+by age; whatever is dropped is counted.
+
+>>> buf = LabelBuffer(max_pending=2, ttl_s=60.0, clock=lambda: 0.0)
+>>> buf.add("r1", "features-of-r1") is None
+True
+>>> buf.match("r1", True)
+'features-of-r1'
+>>> buf.match("r1", True) is None, buf.counts["labels_duplicate"]
+(True, 1)
+>>> buf.match("r9", False) is None, buf.counts["labels_early"]   # a label before its event
+(True, 1)
+>>> buf.add("r9", "features-of-r9")                               # ...is learned on arrival
+(False,)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from pipelines.validation import RecentIds
+
+__all__ = ["LabelBuffer"]
+
+T = TypeVar("T")
+
+
+class LabelBuffer(Generic[T]):
+    """Scored records waiting for labels, and early labels waiting for records.
+
+    Counts: ``labels_expired`` (a scored record whose label never came in time),
+    ``labels_unmatched`` (a label that matched no record: unknown, too late, or whose
+    record never came), ``labels_late`` (of the unmatched, those after their record
+    expired), ``labels_duplicate`` and ``labels_early`` (arrived before its record).
+    """
+
+    def __init__(self, *, max_pending: int, ttl_s: float, memory: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_pending = max_pending
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._pending: OrderedDict[str, tuple[float, T]] = OrderedDict()
+        self._early: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._learned = RecentIds(memory)
+        self._expired = RecentIds(memory)
+        self.counts = dict.fromkeys(("labels_expired", "labels_unmatched", "labels_late",
+                                     "labels_duplicate", "labels_early"), 0)
+
+    def add(self, record_id: str, entry: T) -> tuple[Any] | None:
+        """Hold ``entry`` for ``record_id``; returns ``(label,)`` if its label came first."""
+        early = self._early.pop(record_id, None)
+        if early is not None:
+            self._learned.add(record_id)
+            return (early[1],)
+        pending = self._pending
+        pending[record_id] = (self._clock(), entry)
+        if len(pending) > self.max_pending:
+            rid, _ = pending.popitem(last=False)
+            self._expire_one(rid)
+        return None
+
+    def match(self, record_id: str, label: Any) -> T | None:
+        """The entry the label is for, or None (the label is then counted or held)."""
+        held = self._pending.pop(record_id, None)
+        if held is not None:
+            self._learned.add(record_id)
+            return held[1]
+        counts = self.counts
+        if record_id in self._early or record_id in self._learned:
+            counts["labels_duplicate"] += 1
+        elif record_id in self._expired:
+            counts["labels_late"] += 1
+            counts["labels_unmatched"] += 1
+        else:
+            counts["labels_early"] += 1
+            self._early[record_id] = (self._clock(), label)
+            if len(self._early) > self.max_pending:
+                self._early.popitem(last=False)
+                counts["labels_unmatched"] += 1
+        return None
+
+    def _expire_one(self, record_id: str) -> None:
+        self.counts["labels_expired"] += 1
+        self._expired.add(record_id)
+
+    def expire(self) -> None:
+        """Drop what has waited longer than ``ttl_s``."""
+        deadline = self._clock() - self.ttl_s
+        pending, early = self._pending, self._early
+        while pending and next(iter(pending.values()))[0] <= deadline:
+            self._expire_one(pending.popitem(last=False)[0])
+        while early and next(iter(early.values()))[0] <= deadline:
+            early.popitem(last=False)
+            self.counts["labels_unmatched"] += 1
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def n_early(self) -> int:
+        return len(self._early)

@@ -1,0 +1,105 @@
+"""Every message that travels between riffle's actors, defined once.
+
+They are ``NamedTuple``: immutable, and the cheapest Python objects to pickle, which
+matters because batches of them cross process boundaries on the hot path. Actors
+exchange *batches* of these, never single records.
+
+Data path::
+
+    SourceMessage ─(IngestActor: decode, validate, dedupe)─> Event | Feedback | DeadLetter
+    Batch[Event | Feedback] ─(ScorerActor)─> SinkBatch ─(SinkActor)─> Ack
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = [
+    "Ack",
+    "Batch",
+    "DeadLetter",
+    "Event",
+    "Feedback",
+    "SinkBatch",
+    "SourceMessage",
+]
+
+
+class SourceMessage(NamedTuple):
+    """One message at a position of a source partition (embedded log or Kafka)."""
+
+    partition: int
+    offset: int
+    kind: str
+    """``"event"`` or ``"feedback"``."""
+    payload: dict[str, Any] | None
+    """The decoded message, when the source decoded it already."""
+    raw: bytes | None
+    """The original bytes, when the source has them (kept for dead letters)."""
+    error: str | None
+    """Why the message could not be decoded; such a message becomes a dead letter."""
+    timestamp: float
+    """When the source produced the message (epoch seconds)."""
+
+
+class Event(NamedTuple):
+    """A validated event, ready to score."""
+
+    record_id: str
+    key: str
+    event_time: float
+    features: dict[str, Any]
+    partition: int
+    offset: int
+    read_at: float
+    """When the ingest actor read it (epoch seconds); latency is measured from here."""
+
+
+class Feedback(NamedTuple):
+    """The label of an earlier event, known after the decision."""
+
+    record_id: str
+    key: str
+    label: Any
+    event_time: float
+    partition: int
+    offset: int
+    read_at: float
+
+
+class DeadLetter(NamedTuple):
+    """An input that could not be processed, and why."""
+
+    record_id: str | None
+    kind: str
+    """``"event"`` or ``"feedback"``."""
+    raw: str
+    error: str
+    source: str
+    """Where it came from, ``name[partition]@offset``."""
+    position: int
+
+
+class Batch(NamedTuple):
+    """Events and feedback for one scorer, in arrival order within each partition."""
+
+    seq: int
+    items: list[Event | Feedback]
+
+
+class SinkBatch(NamedTuple):
+    """What a sink writes: JSON lines, already encoded by the producer of the batch."""
+
+    predictions: bytes
+    n_predictions: int
+    read_at: list[float]
+    """Per prediction, when its event was read (for end-to-end latency)."""
+    dead_letters: bytes
+    n_dead_letters: int
+
+
+class Ack(NamedTuple):
+    """The sink's receipt: these lines are written (flushed to the OS)."""
+
+    n_predictions: int
+    n_dead_letters: int

@@ -1,0 +1,174 @@
+"""Replay of a JSONL or CSV file of flat rows, partitioned by ``key`` like a topic.
+
+Every ingest actor reads the file and keeps the lines of the partitions it owns; a
+line whose key cannot be read goes to partition ``line_number % partitions`` so that it
+still has exactly one position (and becomes one dead letter).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from pipelines.config import FileSourceConfig
+from pipelines.errors import SourceError
+from pipelines.protocol import SourceMessage
+from pipelines.sources.base import PartitionLog, partition_of
+
+__all__ = ["FileReader", "split_row"]
+
+
+def split_row(
+    row: dict[str, Any], cfg: FileSourceConfig
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A flat row as ``(event payload, feedback payload or None)``.
+
+    Columns other than id, key, time and label are features (or, with a feature
+    list, unknown fields that validation rejects).
+
+    >>> cfg = FileSourceConfig(kind="file", path="x.jsonl", label_column="y")
+    >>> split_row({"record_id": "r1", "key": "k", "a b": 1.5, "y": True}, cfg)
+    ({'record_id': 'r1', 'key': 'k', 'features': {'a b': 1.5}}, {'record_id': 'r1', 'key': 'k', 'label': True})
+    """
+    rest = dict(row)
+    event: dict[str, Any] = {}
+    for field, column in (("record_id", cfg.id_column), ("key", cfg.key_column),
+                          ("event_time", cfg.time_column)):
+        if column is not None and column in rest:
+            event[field] = rest.pop(column)
+    feedback = None
+    if cfg.label_column is not None and cfg.label_column in rest:
+        label = rest.pop(cfg.label_column)
+        # Only a row that names its record can produce feedback; an unlabeled row has none.
+        if label is not None and isinstance(event.get("record_id"), str | int):
+            feedback = {k: event[k] for k in ("record_id", "key", "event_time") if k in event}
+            feedback["label"] = label
+    if cfg.features is None:
+        event["features"] = rest
+    else:
+        event["features"] = {f: rest.pop(f) for f in cfg.features if f in rest}
+        event.update(rest)  # unknown columns: validation names them
+    return event, feedback
+
+
+def _csv_value(text: str) -> Any:
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+class FileReader:
+    """Reads the owned partitions of a JSONL or CSV file, in line order."""
+
+    def __init__(self, cfg: FileSourceConfig, partitions: list[int],
+                 positions: dict[int, int] | None = None) -> None:
+        positions = positions or {}
+        self.name = f"file:{cfg.path.name}"
+        self._cfg = cfg
+        self._csv = cfg.file_format == "csv"
+        self._logs = {p: PartitionLog(p, delay_events=cfg.label_delay_events,
+                                      delay_s=cfg.label_delay_s, start=positions.get(p, 0))
+                      for p in partitions}
+        try:
+            self._file: IO[bytes] = open(cfg.path, "rb")  # noqa: SIM115 (closed in close())
+        except OSError as e:
+            raise SourceError(f"{cfg.path}: cannot open: {e.strerror}") from None
+        self._line_no = 0
+        self._header: list[str] | None = None
+        self._eof = False
+
+    def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+        if not line.strip():
+            return None, "empty line"
+        if self._csv:
+            try:
+                fields = next(csv.reader([line.decode("utf-8")]))
+            except UnicodeDecodeError:
+                return None, "not UTF-8"
+            assert self._header is not None
+            if len(fields) != len(self._header):
+                return None, f"row has {len(fields)} fields, the header has {len(self._header)}"
+            return {h: _csv_value(v) for h, v in zip(self._header, fields, strict=True)}, None
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            return None, f"invalid JSON: {e}"
+        if not isinstance(row, dict):
+            return None, f"expected a JSON object, got {type(row).__name__}"
+        return row, None
+
+    def _read_line(self) -> bytes | None:
+        pos = self._file.tell()
+        line = self._file.readline()
+        if not line or (self._cfg.follow and not line.endswith(b"\n")):
+            self._file.seek(pos)  # in follow mode a partial line waits for its end
+            return None
+        return line
+
+    def read(self, max_n: int) -> list[SourceMessage]:
+        now = time.time()
+        n_parts = self._cfg.partitions
+        budget = max_n
+        while budget > 0 and not self._eof:
+            line = self._read_line()
+            if line is None:
+                if not self._cfg.follow:
+                    self._eof = True
+                    for log in self._logs.values():
+                        log.finish()
+                break
+            if self._csv and self._header is None:
+                self._header = next(csv.reader([line.decode("utf-8", "replace")]))
+                continue
+            line_no = self._line_no
+            self._line_no += 1
+            row, error = self._parse(line.rstrip(b"\r\n"))
+            key = row.get(self._cfg.key_column) if row is not None else None
+            part = (partition_of(str(key), n_parts) if isinstance(key, str | int)
+                    else line_no % n_parts)
+            log = self._logs.get(part)
+            if log is None:
+                continue
+            raw = line.rstrip(b"\r\n")
+            if row is None:
+                log.append_event(None, feedback=None, now=now, raw=raw, error=error)
+            else:
+                event, feedback = split_row(row, self._cfg)
+                log.append_event(event, feedback=feedback, now=now, raw=raw)
+            budget -= 1
+        out: list[SourceMessage] = []
+        for log in self._logs.values():
+            if log.delay_s:
+                log.release(now)
+            out.extend(log.take(log.buffered))
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not any(log.buffered for log in self._logs.values())
+
+    def positions(self) -> dict[int, int]:
+        return {p: log.position for p, log in self._logs.items()}
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def check_readable(path: Path) -> None:
+    """Fail early, with one line, when a source file cannot be read."""
+    if not path.is_file():
+        raise SourceError(f"{path}: no such file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise SourceError(f"{path}: cannot open: {e.strerror}") from None

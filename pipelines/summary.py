@@ -1,0 +1,59 @@
+"""The run summary: what ``summary.json`` holds, from the actors' stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.scoring import merge_metrics
+
+__all__ = ["build_summary", "merge_windows"]
+
+_INGEST = ("events", "feedback", "duplicates", "invalid", "feedback_invalid")
+_SCORER = ("scored", "learned", "model_errors", "labels_expired", "labels_unmatched",
+           "labels_late", "labels_duplicate", "labels_early", "labels_pending")
+
+
+def merge_windows(scorers: list[dict[str, Any]], task: str) -> list[float]:
+    """Per window of labeled events, the accuracy (or MAE) over all scorers.
+
+    >>> merge_windows([{"windows": [[2, 2.0], [2, 0.0]]}, {"windows": [[2, 1.0]]}], "binary")
+    [0.75, 0.0]
+    """
+    n = max((len(s["windows"]) for s in scorers), default=0)
+    out = []
+    for i in range(n):
+        count = sum(s["windows"][i][0] for s in scorers if i < len(s["windows"]))
+        total = sum(s["windows"][i][1] for s in scorers if i < len(s["windows"]))
+        out.append(total / count if count else 0.0)
+    return out
+
+
+def build_summary(*, name: str, ingest: list[dict[str, Any]], scorers: list[dict[str, Any]],
+                  sink: dict[str, Any], wall_s: float, metrics_window: int,
+                  stopped: bool) -> dict[str, Any]:
+    """The fields of ``summary.json``; counts are sums over the actors of each role."""
+    summary: dict[str, Any] = {"pipeline": name}
+    for k in _INGEST:
+        summary[k] = sum(s.get(k, 0) for s in ingest)
+    for k in _SCORER:
+        summary[k] = sum(s.get(k, 0) for s in scorers)
+    # A label still held for a record that never came is unmatched when the run ends.
+    summary["labels_unmatched"] += sum(s.get("labels_held_early", 0) for s in scorers)
+    summary["dead_letters"] = sink.get("dead_letters_written", 0)
+    summary["predictions_written"] = sink.get("predictions_written", 0)
+    started = [s["started_at"] for s in ingest if s.get("started_at")]
+    finished = [s["finished_at"] for s in ingest if s.get("finished_at")]
+    active_s = (max(finished) - min(started)) if started and finished else wall_s
+    summary["elapsed_s"] = round(active_s, 3)
+    summary["wall_s"] = round(wall_s, 3)
+    summary["events_per_s"] = round(summary["events"] / active_s, 1) if active_s > 0 else 0.0
+    summary["latency_ms"] = sink.get("latency_ms", {})
+    task = scorers[0]["task"] if scorers else "binary"
+    summary["task"] = task
+    summary["metrics"] = merge_metrics(scorers)
+    window_name = "mae" if task == "regression" else "accuracy"
+    summary["windows"] = {"size": metrics_window, "metric": window_name,
+                          "values": merge_windows(scorers, task)}
+    summary["positions"] = {str(p): o for s in ingest for p, o in s.get("committed", {}).items()}
+    summary["stopped_early"] = stopped
+    return summary

@@ -1,0 +1,156 @@
+"""Validation of decoded events and feedback, and the dedupe window.
+
+A record that fails validation is data, not a failure: the caller turns the error
+message into a dead letter. Messages name the field, as ``features.age: ...``.
+
+>>> v = RecordValidator(task="binary")
+>>> v.event({"record_id": "r1", "key": "k1", "features": {"age": 30}})
+('r1', 'k1', None, {'age': 30})
+>>> v.event({"record_id": "r1", "key": "k1", "features": {"age": float("nan")}})
+Traceback (most recent call last):
+...
+pipelines.validation.InvalidRecord: features.age: Input should be a finite number
+>>> v.event({"record_id": "r1", "features": {}, "colour": "red"})
+Traceback (most recent call last):
+...
+pipelines.validation.InvalidRecord: key: Field required; colour: unknown field
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from typing_extensions import Required, TypedDict
+
+__all__ = ["InvalidRecord", "RecentIds", "RecordValidator"]
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=512), Field(strict=True)]
+Time = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class InvalidRecord(ValueError):
+    """A record that does not match the schema; the message is the dead letter's reason."""
+
+
+def _format(error: ValidationError) -> str:
+    parts: dict[str, str] = {}
+    for err in error.errors(include_url=False):
+        if err["loc"][:1] == ("label",) and len(err["loc"]) > 1:
+            # One line for the label union, not one per alternative.
+            parts["label"] = "Input should be a boolean, an integer, a string or a finite number"
+            continue
+        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        parts.setdefault(loc, "unknown field" if err["type"] == "extra_forbidden" else err["msg"])
+    return "; ".join(f"{loc}: {msg}" for loc, msg in parts.items())
+
+
+class RecordValidator:
+    """Checks events and feedback against riffle's record schema.
+
+    Features must be finite numbers of magnitude at most ``max_abs_value``, except
+    ``categorical_features``, which may also be strings. With ``required_features``
+    set, each event must carry all of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: Literal["binary", "multiclass", "regression"],
+        max_abs_value: float = 1e15,
+        categorical_features: list[str] | None = None,
+        required_features: list[str] | None = None,
+    ) -> None:
+        number = Annotated[
+            float, Field(strict=True, allow_inf_nan=False, ge=-max_abs_value, le=max_abs_value)
+        ]
+        value: Any = number | str if categorical_features else number
+        self._categorical = frozenset(categorical_features or ())
+        self._required = list(required_features) if required_features else None
+
+        label: Any = number if task == "regression" else StrictBool | StrictInt | StrictStr | number
+        # The functional TypedDict form evaluates the types now (they depend on config).
+        event_schema: Any = TypedDict("EventSchema", {
+            "record_id": Required[Id],
+            "key": Required[Id],
+            "event_time": Time | None,
+            "features": Required[dict[Annotated[str, StringConstraints(min_length=1)], value]],
+        }, total=False)
+        feedback_schema: Any = TypedDict("FeedbackSchema", {
+            "record_id": Required[Id],
+            "key": Required[Id],
+            "event_time": Time | None,
+            "label": Required[label],
+        }, total=False)
+        for schema in (event_schema, feedback_schema):
+            schema.__pydantic_config__ = ConfigDict(extra="forbid")
+        self._event = TypeAdapter(event_schema)
+        self._feedback = TypeAdapter(feedback_schema)
+
+    def event(self, payload: dict[str, Any]) -> tuple[str, str, float | None, dict[str, Any]]:
+        """``(record_id, key, event_time, features)`` of a valid event, else :class:`InvalidRecord`."""
+        try:
+            self._event.validate_python(payload)
+        except ValidationError as e:
+            raise InvalidRecord(_format(e)) from None
+        features = payload["features"]
+        if self._required is not None:
+            absent = [f for f in self._required if f not in features]
+            if absent:
+                raise InvalidRecord(f"features: missing {', '.join(map(repr, absent))}")
+        if self._categorical:
+            for name, v in features.items():
+                if isinstance(v, str) and name not in self._categorical:
+                    raise InvalidRecord(f"features.{name}: Input should be a finite number")
+        # The original objects are kept (validation coerces nothing in strict mode), so a
+        # model sees exactly what the source produced.
+        return payload["record_id"], payload["key"], payload.get("event_time"), features
+
+    def feedback(self, payload: dict[str, Any]) -> tuple[str, str, float | None, Any]:
+        """``(record_id, key, event_time, label)`` of valid feedback, else :class:`InvalidRecord`."""
+        try:
+            self._feedback.validate_python(payload)
+        except ValidationError as e:
+            raise InvalidRecord(_format(e)) from None
+        return payload["record_id"], payload["key"], payload.get("event_time"), payload["label"]
+
+
+class RecentIds:
+    """The last ``max_size`` ids seen, to recognise duplicates in a bounded window.
+
+    >>> seen = RecentIds(2)
+    >>> [seen.add(i) for i in ["a", "b", "a", "c", "a"]]
+    [True, True, False, True, True]
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, record_id: str) -> bool:
+        """Remember ``record_id``; False if it was already among the recent ones."""
+        if self.max_size == 0:
+            return True
+        ids = self._ids
+        if record_id in ids:
+            return False
+        ids[record_id] = None
+        if len(ids) > self.max_size:
+            ids.popitem(last=False)
+        return True
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
