@@ -67,11 +67,13 @@ class IngestActor:
         reader, core, tracker = self._reader, self._core, self._tracker
         self._started_at = time.time()
 
-        def send(lane: int, make_ref: Any, chunk_of_unit: int) -> None:
+        def reserve(lane: int) -> None:
+            # Backpressure: wait for the oldest unit of this lane when it is full.
             while len(in_flight[lane]) >= cfg.max_in_flight:
                 ray.wait([in_flight[lane][0]])
                 self._collect(in_flight, 0)
-            ref = make_ref()
+
+        def track(lane: int, ref: ray.ObjectRef, chunk_of_unit: int) -> None:
             in_flight[lane].append(ref)
             self._unit_lane[ref] = lane
             tracker.unit_sent(ref, chunk_of_unit)
@@ -85,8 +87,9 @@ class IngestActor:
                 tracker.chunk_read(chunk, reader.positions())
                 if dead:
                     lines = b"".join(dead_letter_line(d) + b"\n" for d in dead)
-                    send(n, lambda lines=lines, k=len(dead): self._sink.write.remote(
-                        SinkBatch(b"", 0, [], lines, k)), chunk)
+                    reserve(n)
+                    track(n, self._sink.write.remote(SinkBatch(b"", 0, [], lines, len(dead))),
+                          chunk)
                 for s, items in enumerate(routed):
                     if items:
                         if not buffers[s]:
@@ -100,9 +103,10 @@ class IngestActor:
                     batch = Batch(seq, buf)
                     seq += 1
                     buffers[s] = []
-                    scorer = self._scorers[s]
-                    send(s, lambda b=batch, sc=scorer: self._sink.write.remote(
-                        sc.process.remote(b)), oldest[s])
+                    reserve(s)
+                    # The scorer's output goes to the sink by reference: it never comes back here.
+                    track(s, self._sink.write.remote(self._scorers[s].process.remote(batch)),
+                          oldest[s])
             self._collect(in_flight, 0)
             pending = [oldest[s] for s in range(n) if buffers[s]]
             tracker.committable(min(pending) if pending else None)

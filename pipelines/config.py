@@ -17,7 +17,6 @@ import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -218,7 +217,8 @@ def format_validation_error(error: ValidationError) -> str:
     """One line: ``field.path: what was expected`` for each error, joined by ``; ``.
 
     >>> try:
-    ...     PipelineConfig.model_validate({"name": "x", "source": {"kind": "synthetic", "seed": "a"}})
+    ...     PipelineConfig.model_validate({"name": "x",
+    ...                                    "source": {"kind": "synthetic", "seed": "a"}})
     ... except ValidationError as e:
     ...     print(format_validation_error(e))
     source.synthetic.seed: Input should be a valid integer

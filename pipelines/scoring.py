@@ -47,7 +47,7 @@ class ScorerCore:
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int | None = None,
                  clock: Any = time.monotonic) -> None:
         self.name = name
-        self.model = build_model(config.model)
+        self.model: Any = build_model(config.model)
         self.task = task_of(self.model)
         self.version = config.model.version
         self.labels: LabelBuffer[_Scored] = LabelBuffer(
@@ -95,6 +95,7 @@ class ScorerCore:
                 if early is not None:
                     self._learn(item.record_id, item.features, score, prediction, early[0], dead)
             else:
+                assert type(item) is Feedback
                 counts["feedback"] += 1
                 held = labels.match(item.record_id, item.label)
                 if held is not None:

@@ -52,8 +52,8 @@ class FileSink:
     def __init__(self, out_dir: Path, *, append: bool = False) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         mode = "ab" if append else "wb"
-        self._predictions: IO[bytes] = open(out_dir / "predictions.jsonl", mode)  # noqa: SIM115
-        self._dead: IO[bytes] = open(out_dir / "dead_letters.jsonl", mode)  # noqa: SIM115
+        self._predictions: IO[bytes] = open(out_dir / "predictions.jsonl", mode)
+        self._dead: IO[bytes] = open(out_dir / "dead_letters.jsonl", mode)
         self.latency = LatencySketch()
         self.counts = {"predictions_written": 0, "dead_letters_written": 0}
 

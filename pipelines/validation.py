@@ -19,7 +19,7 @@ pipelines.validation.InvalidRecord: key: Field required; colour: unknown field
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Required
 
 from pydantic import (
     ConfigDict,
@@ -31,7 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 __all__ = ["InvalidRecord", "RecentIds", "RecordValidator"]
 
@@ -80,25 +80,26 @@ class RecordValidator:
 
         label: Any = number if task == "regression" else StrictBool | StrictInt | StrictStr | number
         # The functional TypedDict form evaluates the types now (they depend on config).
-        event_schema: Any = TypedDict("EventSchema", {
+        event_schema: Any = TypedDict("EventSchema", {  # type: ignore[name-match]
             "record_id": Required[Id],
             "key": Required[Id],
             "event_time": Time | None,
             "features": Required[dict[Annotated[str, StringConstraints(min_length=1)], value]],
         }, total=False)
-        feedback_schema: Any = TypedDict("FeedbackSchema", {
+        feedback_schema: Any = TypedDict("FeedbackSchema", {  # type: ignore[name-match]
             "record_id": Required[Id],
             "key": Required[Id],
             "event_time": Time | None,
             "label": Required[label],
         }, total=False)
-        for schema in (event_schema, feedback_schema):
+        schemas: list[Any] = [event_schema, feedback_schema]
+        for schema in schemas:
             schema.__pydantic_config__ = ConfigDict(extra="forbid")
         self._event = TypeAdapter(event_schema)
         self._feedback = TypeAdapter(feedback_schema)
 
     def event(self, payload: dict[str, Any]) -> tuple[str, str, float | None, dict[str, Any]]:
-        """``(record_id, key, event_time, features)`` of a valid event, else :class:`InvalidRecord`."""
+        """``(record_id, key, event_time, features)``, or raises :class:`InvalidRecord`."""
         try:
             self._event.validate_python(payload)
         except ValidationError as e:
@@ -117,7 +118,7 @@ class RecordValidator:
         return payload["record_id"], payload["key"], payload.get("event_time"), features
 
     def feedback(self, payload: dict[str, Any]) -> tuple[str, str, float | None, Any]:
-        """``(record_id, key, event_time, label)`` of valid feedback, else :class:`InvalidRecord`."""
+        """``(record_id, key, event_time, label)``, or raises :class:`InvalidRecord`."""
         try:
             self._feedback.validate_python(payload)
         except ValidationError as e:

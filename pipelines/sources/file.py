@@ -31,8 +31,11 @@ def split_row(
     list, unknown fields that validation rejects).
 
     >>> cfg = FileSourceConfig(kind="file", path="x.jsonl", label_column="y")
-    >>> split_row({"record_id": "r1", "key": "k", "a b": 1.5, "y": True}, cfg)
-    ({'record_id': 'r1', 'key': 'k', 'features': {'a b': 1.5}}, {'record_id': 'r1', 'key': 'k', 'label': True})
+    >>> event, feedback = split_row({"record_id": "r1", "key": "k", "a b": 1.5, "y": True}, cfg)
+    >>> event
+    {'record_id': 'r1', 'key': 'k', 'features': {'a b': 1.5}}
+    >>> feedback
+    {'record_id': 'r1', 'key': 'k', 'label': True}
     """
     rest = dict(row)
     event: dict[str, Any] = {}
@@ -40,7 +43,7 @@ def split_row(
                           ("event_time", cfg.time_column)):
         if column is not None and column in rest:
             event[field] = rest.pop(column)
-    feedback = None
+    feedback: dict[str, Any] | None = None
     if cfg.label_column is not None and cfg.label_column in rest:
         label = rest.pop(cfg.label_column)
         # Only a row that names its record can produce feedback; an unlabeled row has none.
@@ -79,7 +82,7 @@ class FileReader:
                                       delay_s=cfg.label_delay_s, start=positions.get(p, 0))
                       for p in partitions}
         try:
-            self._file: IO[bytes] = open(cfg.path, "rb")  # noqa: SIM115 (closed in close())
+            self._file: IO[bytes] = open(cfg.path, "rb")
         except OSError as e:
             raise SourceError(f"{cfg.path}: cannot open: {e.strerror}") from None
         self._line_no = 0
@@ -135,9 +138,9 @@ class FileReader:
             key = row.get(self._cfg.key_column) if row is not None else None
             part = (partition_of(str(key), n_parts) if isinstance(key, str | int)
                     else line_no % n_parts)
-            log = self._logs.get(part)
-            if log is None:
+            if part not in self._logs:
                 continue
+            log = self._logs[part]
             raw = line.rstrip(b"\r\n")
             if row is None:
                 log.append_event(None, feedback=None, now=now, raw=raw, error=error)

@@ -1,0 +1,46 @@
+# riffle: one command to set up and run, one to set up and test.
+#   make run    set up, then run the embedded default pipeline (configs/local.yaml)
+#   make test   set up, then lint, type-check and run every test (starts the Kafka broker)
+#   make bench  the benchmark of the README's Performance section
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Downloads are cached in the home folder, never in the repo.
+export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test lint unit bench kafka-start kafka-stop clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/riffle run configs/local.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check actors pipelines tests scripts
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest tests/unit pipelines actors
+
+test: setup lint
+	RIFFLE_PYTHON=$(abspath $(PY)) $(PY) -m pytest
+
+bench: setup
+	$(PY) scripts/bench.py
+
+kafka-start: setup
+	RIFFLE_PYTHON=$(abspath $(PY)) bash scripts/kafka.sh start
+
+kafka-stop:
+	bash scripts/kafka.sh stop
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,75 @@
+"""Shared fixtures: factories for configs and data files, and the session's Ray."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipelines.config import PipelineConfig
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., PipelineConfig]:
+    """Factory: a validated PipelineConfig from nested overrides of a small default."""
+
+    def make(**over: Any) -> PipelineConfig:
+        base = {
+            "name": "test",
+            "source": {"kind": "synthetic", "partitions": 1, "n_events": 1000, "seed": 7},
+            "ingest": {"n_actors": 1, "batch_size": 100, "num_cpus": 0},
+            "scoring": {"n_actors": 1, "num_cpus": 0},
+            "output": {"out_dir": str(tmp_path / "out")},
+        }
+        if over.get("source", {}).get("kind", "synthetic") != "synthetic":
+            base.pop("source")  # another kind of source: its own fields only
+        return PipelineConfig.model_validate(_merge(base, over))
+
+    return make
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[[str, list[Any]], Path]:
+    """Factory: write rows (dicts, or raw str/bytes lines as they are) to a JSONL file."""
+
+    def write(name: str, rows: list[Any]) -> Path:
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            for row in rows:
+                if isinstance(row, bytes):
+                    f.write(row + b"\n")
+                elif isinstance(row, str):
+                    f.write(row.encode() + b"\n")
+                else:
+                    f.write(orjson.dumps(row) + b"\n")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
