@@ -96,11 +96,12 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
             raise KeyboardInterrupt
         stop.set()
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     console = Console(stderr=True)
     show = console.is_terminal if progress is None else progress
     started_here = ensure_ray(cfg.runtime.num_cpus)
+    # After ray.init, which installs its own SIGTERM handler in the driver.
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True, disable=not show) as bar:
@@ -123,6 +124,25 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
 
             ray.shutdown()
     _print_summary(summary, cfg.out_dir if out is None else out)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--events", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--keys", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Distinct applicants.")
+def sample(out: Path, events: int, seed: int, keys: int) -> None:
+    """Write OUT (.jsonl or .csv): flat loan applications with a label column."""
+    from pipelines.sources.sample import write_sample
+
+    try:
+        n = write_sample(out, n_events=events, seed=seed, n_keys=keys)
+    except OSError as e:
+        raise _Fail(f"{out}: cannot write: {e.strerror}") from None
+    except ValueError as e:
+        raise _Fail(str(e)) from None
+    click.echo(f"{out}: {n:,} events")
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -71,6 +71,7 @@ class ScorerCore:
         classifier = self.task != "regression"
         model, labels, counts = self.model, self.labels, self.counts
         version, name = self.version, self.name
+        labels.expire()  # what timed out before this batch arrived cannot be learned from it
         for item in batch.items:
             if type(item) is Event:
                 try:
@@ -101,7 +102,6 @@ class ScorerCore:
                 if held is not None:
                     self._learn(item.record_id, held.features, held.y_pred, held.prediction,
                                 item.label, dead)
-        labels.expire()
         return SinkBatch(b"".join(line + b"\n" for line in lines), len(lines), read_at,
                          b"".join(line + b"\n" for line in dead), len(dead))
 
