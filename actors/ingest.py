@@ -19,7 +19,7 @@ from ray.actor import ActorHandle
 from pipelines.config import PipelineConfig
 from pipelines.ingest import IngestCore, PositionTracker, dead_letter_line
 from pipelines.models import Task
-from pipelines.protocol import Batch, Event, Feedback, SinkBatch
+from pipelines.protocol import Batch, Event, Feedback, SinkBatch, encode_batch
 from pipelines.sources import open_reader
 
 
@@ -105,8 +105,8 @@ class IngestActor:
                     buffers[s] = []
                     reserve(s)
                     # The scorer's output goes to the sink by reference: it never comes back here.
-                    track(s, self._sink.write.remote(self._scorers[s].process.remote(batch)),
-                          oldest[s])
+                    track(s, self._sink.write.remote(
+                        self._scorers[s].process.remote(encode_batch(batch))), oldest[s])
             self._collect(in_flight, 0)
             pending = [oldest[s] for s in range(n) if buffers[s]]
             tracker.committable(min(pending) if pending else None)

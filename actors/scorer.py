@@ -7,7 +7,7 @@ from typing import Any
 import ray
 
 from pipelines.config import ScoringConfig
-from pipelines.protocol import Batch, SinkBatch
+from pipelines.protocol import SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore
 
 
@@ -19,9 +19,9 @@ class ScorerActor:
     def ready(self) -> str:
         return self._core.name
 
-    def process(self, batch: Batch) -> SinkBatch:
-        """Events scored, feedback learned, in arrival order; the lines for the sink."""
-        return self._core.process(batch)
+    def process(self, data: bytes) -> SinkBatch:
+        """An encoded Batch: events scored, feedback learned, in arrival order."""
+        return self._core.process(decode_batch(data))
 
     def stats(self) -> dict[str, Any]:
         return self._core.stats()

@@ -58,14 +58,17 @@ class DriftConfig(_Frozen):
     """Agrawal classification function after the change."""
 
 
-class _LabelDelay(_Frozen):
+class _SourceBase(_Frozen):
     label_delay_events: Annotated[int, Field(ge=0)] = 0
     """Feedback for an event is emitted after this many further events of its partition."""
     label_delay_s: Annotated[float, Field(ge=0)] = 0.0
     """Feedback for an event is emitted this many seconds after the event."""
 
+    rate_per_s: Annotated[float, Field(gt=0)] | None = None
+    """Target event rate over all partitions; ``null`` reads as fast as the pipeline takes."""
+
     @model_validator(mode="after")
-    def _one_delay(self) -> _LabelDelay:
+    def _one_delay(self) -> _SourceBase:
         if self.label_delay_events and self.label_delay_s:
             raise ValueError(
                 f"label_delay_events ({self.label_delay_events}) and label_delay_s "
@@ -74,7 +77,7 @@ class _LabelDelay(_Frozen):
         return self
 
 
-class SyntheticSourceConfig(_LabelDelay):
+class SyntheticSourceConfig(_SourceBase):
     """Loan applications from ``river.datasets.synth.Agrawal``, partitioned by ``key``."""
 
     kind: Literal["synthetic"]
@@ -87,11 +90,9 @@ class SyntheticSourceConfig(_LabelDelay):
     drift: DriftConfig | None = None
     n_keys: Annotated[int, Field(ge=1)] = 50_000
     """Distinct applicants; each event's ``key`` is one of them."""
-    rate_per_s: Annotated[float, Field(gt=0)] | None = None
-    """Target event rate over all partitions; ``null`` reads as fast as the pipeline takes."""
 
 
-class FileSourceConfig(_LabelDelay):
+class FileSourceConfig(_SourceBase):
     """Replay of a JSONL or CSV file of flat rows, partitioned by ``key``."""
 
     kind: Literal["file"]

@@ -12,6 +12,7 @@ Data path::
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "Feedback",
     "SinkBatch",
     "SourceMessage",
+    "decode_batch",
+    "encode_batch",
 ]
 
 
@@ -103,3 +106,24 @@ class Ack(NamedTuple):
 
     n_predictions: int
     n_dead_letters: int
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """A batch as bytes for the hop to a scorer.
+
+    Ray pickles arguments with cloudpickle, whose per-object Python hook costs several
+    microseconds per record for tuples of our own types; the C pickler does not, and
+    Ray passes ``bytes`` through untouched.
+
+    >>> b = Batch(3, [Feedback("r1", "k", True, 0.0, 0, 5, 1.0)])
+    >>> decode_batch(encode_batch(b)) == b
+    True
+    """
+    return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_batch(data: bytes) -> Batch:
+    batch = pickle.loads(data)
+    if type(batch) is not Batch:
+        raise TypeError(f"expected an encoded Batch, got {type(batch).__name__}")
+    return batch

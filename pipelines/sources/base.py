@@ -7,6 +7,7 @@ feedback) have consecutive offsets, so a reader can resume from recorded positio
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -15,9 +16,10 @@ from kafka.partitioner.default import murmur2
 
 from pipelines.protocol import SourceMessage
 
-__all__ = ["PartitionLog", "SourceReader", "partition_of"]
+__all__ = ["PartitionLog", "RateLimiter", "SourceReader", "partition_of"]
 
 
+@functools.lru_cache(maxsize=262_144)  # keys repeat; murmur2 is pure Python (~5 us)
 def partition_of(key: str, n_partitions: int) -> int:
     """The partition of ``key``: Kafka's default partitioner (murmur2), so a stream
     replayed through the embedded source lands in the same partitions as on Kafka.
@@ -126,3 +128,29 @@ class PartitionLog:
     def position(self) -> int:
         """The offset of the next message that ``take`` will return."""
         return self._out[0].offset if self._out else max(self.next_offset, self.start)
+
+
+class RateLimiter:
+    """A token bucket: how many events may be read now to keep ``rate_per_s``.
+
+    The bucket holds at most ~50 ms of events, so bursts stay small.
+
+    >>> RateLimiter(None).allowance(500)
+    500
+    """
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self.rate = rate_per_s
+        self._tokens = 0.0
+        self._last = time.monotonic()
+
+    def allowance(self, max_n: int) -> int:
+        if self.rate is None:
+            return max_n
+        now = time.monotonic()
+        self._tokens = min(self._tokens + (now - self._last) * self.rate,
+                           max(1.0, self.rate * 0.05))
+        self._last = now
+        n = min(max_n, int(self._tokens))
+        self._tokens -= n
+        return n

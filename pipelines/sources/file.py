@@ -17,7 +17,7 @@ import orjson
 from pipelines.config import FileSourceConfig
 from pipelines.errors import SourceError
 from pipelines.protocol import SourceMessage
-from pipelines.sources.base import PartitionLog, partition_of
+from pipelines.sources.base import PartitionLog, RateLimiter, partition_of
 
 __all__ = ["FileReader", "split_row"]
 
@@ -37,24 +37,31 @@ def split_row(
     >>> feedback
     {'record_id': 'r1', 'key': 'k', 'label': True}
     """
-    rest = dict(row)
     event: dict[str, Any] = {}
-    for field, column in (("record_id", cfg.id_column), ("key", cfg.key_column),
-                          ("event_time", cfg.time_column)):
-        if column is not None and column in rest:
-            event[field] = rest.pop(column)
+    id_col, key_col, time_col, label_col = (cfg.id_column, cfg.key_column, cfg.time_column,
+                                            cfg.label_column)
+    if id_col in row:
+        event["record_id"] = row[id_col]
+    if key_col in row:
+        event["key"] = row[key_col]
+    if time_col is not None and time_col in row:
+        event["event_time"] = row[time_col]
     feedback: dict[str, Any] | None = None
-    if cfg.label_column is not None and cfg.label_column in rest:
-        label = rest.pop(cfg.label_column)
+    if label_col is not None:
+        label = row.get(label_col)
         # Only a row that names its record can produce feedback; an unlabeled row has none.
         if label is not None and isinstance(event.get("record_id"), str | int):
             feedback = {k: event[k] for k in ("record_id", "key", "event_time") if k in event}
             feedback["label"] = label
+    reserved = (id_col, key_col, time_col, label_col)
     if cfg.features is None:
-        event["features"] = rest
+        event["features"] = {k: v for k, v in row.items() if k not in reserved}
     else:
-        event["features"] = {f: rest.pop(f) for f in cfg.features if f in rest}
-        event.update(rest)  # unknown columns: validation names them
+        wanted = cfg.features
+        event["features"] = {f: row[f] for f in wanted if f in row}
+        for k, v in row.items():  # unknown columns: validation names them
+            if k not in reserved and k not in event["features"]:
+                event[k] = v
     return event, feedback
 
 
@@ -88,6 +95,8 @@ class FileReader:
         self._line_no = 0
         self._header: list[str] | None = None
         self._eof = False
+        self._limiter = RateLimiter(
+            cfg.rate_per_s * len(partitions) / cfg.partitions if cfg.rate_per_s else None)
 
     def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
         if not line.strip():
@@ -120,7 +129,7 @@ class FileReader:
     def read(self, max_n: int) -> list[SourceMessage]:
         now = time.time()
         n_parts = self._cfg.partitions
-        budget = max_n
+        budget = self._limiter.allowance(max_n)
         while budget > 0 and not self._eof:
             line = self._read_line()
             if line is None:

@@ -18,7 +18,7 @@ from river.datasets import synth
 
 from pipelines.config import SyntheticSourceConfig
 from pipelines.protocol import SourceMessage
-from pipelines.sources.base import PartitionLog, partition_of
+from pipelines.sources.base import PartitionLog, RateLimiter, partition_of
 
 __all__ = ["SyntheticReader", "make_stream", "partition_share"]
 
@@ -101,28 +101,14 @@ class SyntheticReader:
         self.name = cfg.name
         self._parts = [_SyntheticPartition(cfg, p, positions.get(p, 0)) for p in partitions]
         share = len(partitions) / cfg.partitions
-        self._rate = cfg.rate_per_s * share if cfg.rate_per_s else None
-        self._tokens = 0.0
-        self._last = time.monotonic()
+        self._limiter = RateLimiter(cfg.rate_per_s * share if cfg.rate_per_s else None)
         self._turn = 0
-
-    def _allowance(self, max_n: int) -> int:
-        if self._rate is None:
-            return max_n
-        now = time.monotonic()
-        # Bucket capped at ~50 ms of events: bursts stay small.
-        self._tokens = min(self._tokens + (now - self._last) * self._rate,
-                           max(1.0, self._rate * 0.05))
-        self._last = now
-        n = min(max_n, int(self._tokens))
-        self._tokens -= n
-        return n
 
     def read(self, max_n: int) -> list[SourceMessage]:
         live = [p for p in self._parts if not p.done]
         if not live:
             return []
-        budget = self._allowance(max_n)
+        budget = self._limiter.allowance(max_n)
         now = time.time()
         per_part, extra = divmod(budget, len(live))
         self._turn = (self._turn + 1) % len(live)  # who gets the remainder rotates

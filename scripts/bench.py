@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""riffle's benchmark: the Ray pipeline side by side with a plain single-process loop.
+
+Same run, same process tree, same work: read, validate, predict, learn, write.
+
+    python scripts/bench.py                      # the README's table
+    python scripts/bench.py --events 2000000 --only memory
+
+Workloads:
+  replay     events replayed from a JSONL file (the pipeline's own overhead is what differs)
+  synthetic  events generated in-stream by River's Agrawal (generation dominates: ~70 us/event)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.config import PipelineConfig  # noqa: E402
+from pipelines.ingest import IngestCore  # noqa: E402
+from pipelines.models import build_model, task_of  # noqa: E402
+from pipelines.protocol import Batch  # noqa: E402
+from pipelines.scoring import ScorerCore  # noqa: E402
+from pipelines.sinks import FileSink  # noqa: E402
+from pipelines.sources import open_reader  # noqa: E402
+from pipelines.sources.sample import write_sample  # noqa: E402
+
+
+def make_config(source: dict[str, Any], n_ingest: int, n_scorers: int, out: Path,
+                **over: Any) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": "bench", "source": source,
+        "ingest": {"n_actors": n_ingest, "num_cpus": 0, **over.get("ingest", {})},
+        "scoring": {"n_actors": n_scorers, "num_cpus": 0},
+        "output": {"out_dir": str(out)},
+    })
+
+
+def plain_loop(config: PipelineConfig, out: Path) -> dict[str, Any]:
+    """One process, no Ray: the same cores, called directly, batch by batch."""
+    task = task_of(build_model(config.scoring.model))
+    reader = open_reader(config.source, list(range(config.source.partitions)))
+    core = IngestCore(config.model_copy(update={"scoring": config.scoring.model_copy(
+        update={"n_actors": 1})}), task=task, source_name=reader.name)
+    scorer = ScorerCore(config.scoring, name="loop")
+    sink = FileSink(out)
+    from pipelines.ingest import dead_letter_line
+    from pipelines.protocol import SinkBatch
+
+    t0 = time.perf_counter()
+    seq = 0
+    while not reader.exhausted:
+        msgs = reader.read(config.ingest.batch_size)
+        if not msgs:
+            continue
+        routed, dead = core.route(msgs)
+        if dead:
+            lines = b"".join(dead_letter_line(d) + b"\n" for d in dead)
+            sink.write(SinkBatch(b"", 0, [], lines, len(dead)))
+        sink.write(scorer.process(Batch(seq, routed[0])))
+        seq += 1
+    elapsed = time.perf_counter() - t0
+    sink.close()
+    events = core.counts["events"]
+    lat = sink.latency.summary()
+    return {"events": events, "events_per_s": events / elapsed, "p50_ms": lat["p50"],
+            "p99_ms": lat["p99"], "accuracy": scorer.stats()["metrics"]["accuracy"]}
+
+
+class MemorySampler:
+    """Peak and final RSS of this process tree (driver, Ray workers, raylet)."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree_rss(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            self.samples.append((time.monotonic() - t0, self._tree_rss()))
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return max((r for _, r in self.samples), default=0) / 2**20
+
+
+def pipeline(config: PipelineConfig) -> dict[str, Any]:
+    from pipelines.runner import run_pipeline
+
+    with MemorySampler() as mem:
+        s = run_pipeline(config)
+    return {"events": s["events"], "events_per_s": s["events_per_s"],
+            "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
+            "accuracy": s["metrics"].get("accuracy"), "peak_rss_mib": mem.peak_mib,
+            "memory": mem.samples}
+
+
+def fmt_row(name: str, r: dict[str, Any], base: float | None) -> str:
+    ratio = f"{r['events_per_s'] / base:.2f}x" if base else "1.00x"
+    peak = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
+    p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") is not None else "-"
+    p99 = f"{r['p99_ms']:.1f}" if r.get("p99_ms") is not None else "-"
+    return (f"| {name:<34} | {r['events']:>9,} | {r['events_per_s']:>9,.0f} | {ratio:>6} "
+            f"| {p50:>7} | {p99:>7} | {peak:>6} |")
+
+
+HEADER = ("| run                                | events    | events/s  | vs loop | p50 ms  "
+          "| p99 ms  | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--synthetic-events", type=int, default=60_000)
+    ap.add_argument("--memory-events", type=int, default=0,
+                    help="also run an endless synthetic stream this long and report RSS drift")
+    ap.add_argument("--json", type=Path, help="write the raw results here")
+    args = ap.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "ray": ray.__version__}}
+    with tempfile.TemporaryDirectory(prefix="riffle-bench-") as tmp:
+        tmpdir = Path(tmp)
+        data = tmpdir / "events.jsonl"
+        write_sample(data, n_events=args.events, seed=7, n_keys=20_000)
+        replay = {"kind": "file", "path": str(data), "partitions": 4, "label_column": "label",
+                  "label_delay_events": 20}
+        synthetic = {"kind": "synthetic", "partitions": 4, "n_events": args.synthetic_events,
+                     "label_delay_events": 20}
+        rows = []
+        for wl_name, source in (("replay", replay), ("synthetic", synthetic)):
+            loop = plain_loop(make_config(source, 1, 1, tmpdir / f"{wl_name}-loop"),
+                              tmpdir / f"{wl_name}-loop")
+            rows.append(fmt_row(f"{wl_name}: plain loop (1 process)", loop, None))
+            results[f"{wl_name}/loop"] = loop
+            best = 0.0
+            for n_ing, n_sc in ((1, 1), (1, 2), (2, 2)):
+                r = pipeline(make_config(source, n_ing, n_sc, tmpdir / f"{wl_name}-{n_ing}{n_sc}"))
+                rows.append(fmt_row(f"{wl_name}: pipeline {n_ing} ingest + {n_sc} scoring", r,
+                                    loop["events_per_s"]))
+                results[f"{wl_name}/pipeline-{n_ing}x{n_sc}"] = {k: v for k, v in r.items()
+                                                                 if k != "memory"}
+                best = max(best, r["events_per_s"])
+            if wl_name == "replay":
+                half = dict(source, rate_per_s=round(best / 2))
+                r = pipeline(make_config(half, 1, 2, tmpdir / "replay-half"))
+                rows.append(fmt_row(f"replay: 1+2 fed at {half['rate_per_s']:,}/s (half max)",
+                                    r, loop["events_per_s"]))
+                results["replay/pipeline-1x2-half-rate"] = {k: v for k, v in r.items()
+                                                            if k != "memory"}
+        if args.memory_events:
+            src = dict(synthetic, n_events=args.memory_events)
+            r = pipeline(make_config(src, 2, 2, tmpdir / "memory"))
+            mem = r["memory"]
+            warm = [m for t, m in mem if t > 20]
+            first, last = (warm[0], warm[-1]) if warm else (0, 0)
+            rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r,
+                                results["synthetic/loop"]["events_per_s"]))
+            results["memory"] = {"events": r["events"], "rss_after_20s_mib": first / 2**20,
+                                 "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"]}
+    ray.shutdown()
+    print(HEADER)
+    print("\n".join(rows))
+    if "memory" in results:
+        m = results["memory"]
+        print(f"\nmemory over {m['events']:,} events: {m['rss_after_20s_mib']:.0f} MiB after 20 s, "
+              f"{m['rss_at_end_mib']:.0f} MiB at the end (peak {m['peak_mib']:.0f} MiB)")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
