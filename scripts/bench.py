@@ -153,8 +153,9 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "ray": ray.__version__}}
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
+               "ray": ray.__version__}
+    results: dict[str, Any] = {"machine": machine}
     with tempfile.TemporaryDirectory(prefix="riffle-bench-") as tmp:
         tmpdir = Path(tmp)
         data = tmpdir / "events.jsonl"
