@@ -7,14 +7,17 @@ from typing import Any
 
 import ray
 
+from pipelines.config import PipelineConfig
 from pipelines.protocol import Ack, SinkBatch
-from pipelines.sinks import FileSink
+from pipelines.sinks import FileSink, KafkaSink
 
 
 @ray.remote(max_restarts=0)
 class SinkActor:
-    def __init__(self, out_dir: Path) -> None:
-        self._sink = FileSink(out_dir)
+    def __init__(self, config: PipelineConfig, out_dir: Path) -> None:
+        self._sink: FileSink | KafkaSink = (
+            KafkaSink(config.kafka, client_id=f"{config.name}-sink")
+            if config.output.kind == "kafka" else FileSink(out_dir))
 
     def ready(self) -> str:
         return "sink"

@@ -18,6 +18,7 @@ from actors.scorer import ScorerActor
 from actors.sink import SinkActor
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
+from pipelines.kafka import ensure_topics
 from pipelines.models import build_model, task_of
 from pipelines.summary import build_summary
 
@@ -46,31 +47,60 @@ class Supervisor:
         cfg = self._config
         n_scorers = cfg.scoring.n_actors
         window = max(1, cfg.scoring.metrics_window // n_scorers)
-        self._sink = SinkActor.options(name=None, num_cpus=0).remote(self._out_dir)
+        if cfg.kafka.create_topics and "kafka" in (cfg.source.kind, cfg.output.kind):
+            partitions = getattr(cfg.source, "partitions", 1)
+            await asyncio.get_running_loop().run_in_executor(
+                None, ensure_topics, cfg.kafka, partitions)
+        self._sink = SinkActor.options(num_cpus=0).remote(cfg, self._out_dir)
         self._scorers = [
             ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
                 cfg.scoring, name=f"scorer-{i}", metrics_window=window)
             for i in range(n_scorers)
         ]
-        self._ingest = [
-            IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
-                cfg, name=f"ingest-{i}", partitions=parts, task=self._task,
-                scorers=self._scorers, sink=self._sink)
-            for i, parts in enumerate(assign_partitions(cfg.source.partitions,
-                                                        cfg.ingest.n_actors))
-        ]
+        self._ingest = [self._new_ingest(i, parts) for i, parts in enumerate(
+            assign_partitions(cfg.source.partitions, cfg.ingest.n_actors))]
         await asyncio.gather(*(a.ready.remote() for a in
                                [self._sink, *self._scorers, *self._ingest]))
         self._started = time.time()
         self._runs = [a.run.remote() for a in self._ingest]
+        self._retired: list[dict[str, Any]] = []
+
+    def _new_ingest(self, index: int, partitions: list[int]) -> Any:
+        cfg = self._config
+        return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
+            cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
+            scorers=self._scorers, sink=self._sink)
+
+    async def scale_ingest(self, n_actors: int) -> int:
+        """Grow or shrink the ingest group of a Kafka source (the group rebalances).
+
+        Embedded sources deal their partitions once, at start, so they cannot scale.
+        """
+        if self._config.source.kind != "kafka":
+            raise PipelineError(f"scale_ingest: a {self._config.source.kind} source deals its "
+                                "partitions at start; only a Kafka source's group can scale")
+        while len(self._ingest) < n_actors:
+            actor = self._new_ingest(len(self._ingest) + len(self._retired), [])
+            await actor.ready.remote()
+            self._ingest.append(actor)
+            self._runs.append(actor.run.remote())
+        while len(self._ingest) > n_actors:
+            actor, run = self._ingest.pop(), self._runs.pop()
+            await actor.stop.remote()  # drains, commits, leaves the group
+            self._retired.append(await run)
+        return len(self._ingest)
 
     async def wait(self) -> dict[str, Any]:
         """Until every ingest actor has drained; then the run's summary."""
+        ingest_stats: list[dict[str, Any]] = []
         try:
-            ingest_stats = await asyncio.gather(*self._runs)
+            # Ingest actors may be added while we wait: gather until none is left.
+            while len(ingest_stats) < len(self._runs):
+                ingest_stats += await asyncio.gather(*self._runs[len(ingest_stats):])
         except Exception as e:
             await self.stop()
             raise PipelineError(f"pipeline {self._config.name} failed: {_cause(e)}") from None
+        ingest_stats += self._retired
         sink_stats = await self._sink.close.remote()
         scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._scorers))
         return build_summary(

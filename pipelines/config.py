@@ -14,6 +14,7 @@ message that names the file, the dotted path of each bad field and what was expe
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,9 @@ __all__ = [
     "DriftConfig",
     "FileSourceConfig",
     "IngestConfig",
+    "KafkaConfig",
+    "KafkaSourceConfig",
+    "KafkaTopics",
     "ModelSpec",
     "OutputConfig",
     "PipelineConfig",
@@ -126,7 +130,64 @@ class FileSourceConfig(_SourceBase):
         return "csv" if self.path.suffix.lower() == ".csv" else "jsonl"
 
 
-SourceConfig = Annotated[SyntheticSourceConfig | FileSourceConfig, Field(discriminator="kind")]
+class KafkaSourceConfig(_Frozen):
+    """Events and feedback from their Kafka topics, read by a consumer group."""
+
+    kind: Literal["kafka"]
+    partitions: Annotated[int, Field(ge=1, le=10_000)] = 4
+    """Partitions of each topic riffle creates when it is missing."""
+    idle_stop_s: Annotated[float, Field(gt=0)] | None = None
+    """End the run once no message has arrived for this long (``null``: never)."""
+    require_message_key: bool = True
+    """An event must be keyed by its ``key``, so that a key's events share a partition."""
+
+
+SourceConfig = Annotated[SyntheticSourceConfig | FileSourceConfig | KafkaSourceConfig,
+                         Field(discriminator="kind")]
+
+
+class KafkaTopics(_Frozen):
+    events: str = "riffle.events"
+    feedback: str = "riffle.feedback"
+    predictions: str = "riffle.predictions"
+    dead_letters: str = "riffle.dead-letters"
+    models: str = "riffle.models"
+    """The control stream of model lifecycle commands."""
+
+
+class KafkaConfig(_Frozen):
+    """How riffle talks to Kafka; option names are kafka-python's.
+
+    ``RIFFLE_KAFKA_BOOTSTRAP`` in the environment overrides ``bootstrap_servers``;
+    a SASL password is read from ``RIFFLE_KAFKA_PASSWORD``, never from the file.
+    """
+
+    bootstrap_servers: str | list[str] = "127.0.0.1:9092"
+    topics: KafkaTopics = KafkaTopics()
+    create_topics: bool = True
+    replication_factor: Annotated[int, Field(ge=1)] = 1
+    group_id: str = "riffle"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 2_000
+    max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
+    request_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
+    linger_ms: Annotated[int, Field(ge=0)] = 5
+    max_request_size: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_partition_fetch_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    delivery_timeout_ms: Annotated[int, Field(ge=1000)] = 120_000
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaConfig:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third "
+                f"of session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
 
 
 class IngestConfig(_Frozen):
@@ -143,6 +204,8 @@ class IngestConfig(_Frozen):
     """A feature whose magnitude exceeds this is invalid (a dead letter)."""
     categorical_features: list[str] = []
     """Features that may be strings; every other feature must be a finite number."""
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    """An input message larger than this is a dead letter, never decoded."""
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
 
 
@@ -177,6 +240,9 @@ class ScoringConfig(_Frozen):
 
 
 class OutputConfig(_Frozen):
+    kind: Literal["file", "kafka"] = "file"
+    """``file``: predictions.jsonl and dead_letters.jsonl in ``out_dir``; ``kafka``: the
+    predictions and dead-letter topics (the summary is still written to ``out_dir``)."""
     out_dir: LaxPath | None = None
     """Default: ``out/<pipeline name>``."""
 
@@ -193,6 +259,7 @@ class PipelineConfig(_Frozen):
     ingest: IngestConfig = IngestConfig()
     scoring: ScoringConfig = ScoringConfig()
     output: OutputConfig = OutputConfig()
+    kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -249,6 +316,8 @@ def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
+    if os.environ.get("RIFFLE_KAFKA_BOOTSTRAP"):
+        _set_dotted(raw, "kafka.bootstrap_servers", os.environ["RIFFLE_KAFKA_BOOTSTRAP"])
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:

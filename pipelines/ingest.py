@@ -5,11 +5,11 @@ Runtime-free; ``actors.ingest`` wraps it with the Ray sends and the in-flight bo
 >>> from pipelines.config import PipelineConfig
 >>> cfg = PipelineConfig.model_validate({"name": "t", "source": {"kind": "synthetic"},
 ...                                      "scoring": {"n_actors": 2}})
->>> core = IngestCore(cfg, task="binary", source_name="loans")
+>>> core = IngestCore(cfg, task="binary")
 >>> from pipelines.protocol import SourceMessage
 >>> ok = {"record_id": "r1", "key": "k", "features": {"x": 1.0}}
->>> routed, dead = core.route([SourceMessage(0, 0, "event", ok, None, None, 0.0),
-...                            SourceMessage(0, 1, "event", ok, None, None, 0.0)])
+>>> routed, dead = core.route([SourceMessage("loans", 0, 0, "event", ok, None, None, 0.0),
+...                            SourceMessage("loans", 0, 1, "event", ok, None, None, 0.0)])
 >>> sum(len(r) for r in routed), [d.error for d in dead]
 (1, ['duplicate record_id (seen within the last 1000000 records)'])
 """
@@ -27,7 +27,7 @@ from pipelines.models import Task
 from pipelines.protocol import DeadLetter, Event, Feedback, SourceMessage
 from pipelines.validation import InvalidRecord, RecentIds, RecordValidator
 
-__all__ = ["IngestCore", "PositionTracker", "dead_letter_line", "scorer_of"]
+__all__ = ["IngestCore", "PositionTracker", "scorer_of"]
 
 
 def scorer_of(key: str, n_scorers: int) -> int:
@@ -39,16 +39,10 @@ def scorer_of(key: str, n_scorers: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % n_scorers
 
 
-def dead_letter_line(d: DeadLetter) -> bytes:
-    """The JSON line of a dead letter in ``dead_letters.jsonl``."""
-    return orjson.dumps({"record_id": d.record_id, "kind": d.kind, "raw": d.raw,
-                         "error": d.error, "source": d.source, "position": d.position})
-
-
 class IngestCore:
     """Turns source messages into routed events and feedback, or dead letters."""
 
-    def __init__(self, config: PipelineConfig, *, task: Task, source_name: str) -> None:
+    def __init__(self, config: PipelineConfig, *, task: Task) -> None:
         src = config.source
         self.validator = RecordValidator(
             task=task,
@@ -58,7 +52,6 @@ class IngestCore:
         )
         self.seen = RecentIds(config.ingest.dedupe_window)
         self.n_scorers = config.scoring.n_actors
-        self.source_name = source_name
         self.counts = {"events": 0, "feedback": 0, "dead_letters": 0, "duplicates": 0,
                        "invalid": 0, "feedback_invalid": 0}
 
@@ -75,7 +68,7 @@ class IngestCore:
             counts["events" if is_event else "feedback"] += 1
             payload = m.payload
             if payload is None:
-                dead.append(self._dead(m, m.error or "empty message", None))
+                dead.append(self._dead(m, m.error or "empty message", None, "DecodeError"))
                 continue
             try:
                 if is_event:
@@ -84,13 +77,15 @@ class IngestCore:
                     record_id, key, event_time, label = validator.feedback(payload)
             except InvalidRecord as e:
                 rid = payload.get("record_id")
-                dead.append(self._dead(m, str(e), rid if isinstance(rid, str) else None))
+                dead.append(self._dead(m, str(e), rid if isinstance(rid, str) else None,
+                                       "InvalidRecord"))
                 continue
             if is_event:
                 if not self.seen.add(record_id):
                     counts["duplicates"] += 1
                     dead.append(self._dead(m, "duplicate record_id (seen within the last "
-                                              f"{self.seen.max_size} records)", record_id))
+                                              f"{self.seen.max_size} records)", record_id,
+                                           "DuplicateRecord"))
                     continue
                 item: Event | Feedback = Event(record_id, key, event_time or read_at, features,
                                                m.partition, m.offset, read_at)
@@ -101,16 +96,16 @@ class IngestCore:
         counts["dead_letters"] += len(dead)
         return routed, dead
 
-    def _dead(self, m: SourceMessage, error: str, record_id: str | None) -> DeadLetter:
-        if m.kind == "event":
-            self.counts["invalid"] += not error.startswith("duplicate")
-        else:
+    def _dead(self, m: SourceMessage, error: str, record_id: str | None,
+              error_class: str) -> DeadLetter:
+        if m.kind != "event":
             self.counts["feedback_invalid"] += 1
-        raw = (m.raw.decode("utf-8", "replace") if m.raw is not None
-               else orjson.dumps(m.payload, default=repr,
-                                 option=orjson.OPT_NON_STR_KEYS).decode())
-        return DeadLetter(record_id, m.kind, raw, error,
-                          f"{self.source_name}[{m.partition}]@{m.offset}", m.offset)
+        elif error_class != "DuplicateRecord":
+            self.counts["invalid"] += 1
+        raw = (m.raw if m.raw is not None
+               else orjson.dumps(m.payload, default=repr, option=orjson.OPT_NON_STR_KEYS))
+        return DeadLetter(record_id, m.kind, raw, error, error_class, m.topic, m.partition,
+                          m.offset, m.key)
 
 
 class PositionTracker:
@@ -121,19 +116,19 @@ class PositionTracker:
     committed once no unit of it or of an older chunk is unwritten or unsent.
 
     >>> t = PositionTracker()
-    >>> t.chunk_read(0, {0: 10}); t.chunk_read(1, {0: 20})
+    >>> t.chunk_read(0, {"events[0]": 10}); t.chunk_read(1, {"events[0]": 20})
     >>> t.unit_sent("a", 0); t.unit_sent("b", 1)
     >>> t.unit_acked("b"); t.committable(oldest_unsent=None)
     >>> t.unit_acked("a"); t.committable(oldest_unsent=None)
-    {0: 20}
+    {'events[0]': 20}
     """
 
     def __init__(self) -> None:
-        self._chunks: dict[int, dict[int, int]] = {}
+        self._chunks: dict[int, dict[str, int]] = {}
         self._units: dict[Any, int] = {}
-        self.committed: dict[int, int] = {}
+        self.committed: dict[str, int] = {}
 
-    def chunk_read(self, chunk: int, positions: dict[int, int]) -> None:
+    def chunk_read(self, chunk: int, positions: dict[str, int]) -> None:
         self._chunks[chunk] = dict(positions)
 
     def unit_sent(self, unit: Any, oldest_chunk: int) -> None:
@@ -142,7 +137,7 @@ class PositionTracker:
     def unit_acked(self, unit: Any) -> None:
         del self._units[unit]
 
-    def committable(self, oldest_unsent: int | None) -> dict[int, int] | None:
+    def committable(self, oldest_unsent: int | None) -> dict[str, int] | None:
         """New positions to commit, given the oldest chunk still held unsent; or None."""
         blockers = list(self._units.values())
         if oldest_unsent is not None:

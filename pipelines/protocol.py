@@ -31,6 +31,8 @@ __all__ = [
 class SourceMessage(NamedTuple):
     """One message at a position of a source partition (embedded log or Kafka)."""
 
+    topic: str
+    """The stream it was read from: a Kafka topic, or the embedded source's name."""
     partition: int
     offset: int
     kind: str
@@ -43,6 +45,8 @@ class SourceMessage(NamedTuple):
     """Why the message could not be decoded; such a message becomes a dead letter."""
     timestamp: float
     """When the source produced the message (epoch seconds)."""
+    key: bytes | None = None
+    """The message key on the wire, when there is one (Kafka)."""
 
 
 class Event(NamedTuple):
@@ -71,16 +75,25 @@ class Feedback(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """An input that could not be processed, and why."""
+    """An input that could not be processed, where it came from, and why."""
 
     record_id: str | None
     kind: str
     """``"event"`` or ``"feedback"``."""
-    raw: str
+    raw: bytes
+    """The original bytes (or, for a decoded source, the record as JSON)."""
     error: str
-    source: str
-    """Where it came from, ``name[partition]@offset``."""
-    position: int
+    error_class: str
+    """``DecodeError``, ``InvalidRecord``, ``DuplicateRecord`` or ``ModelError``."""
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+    @property
+    def source(self) -> str:
+        """``topic[partition]@offset``."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 class Batch(NamedTuple):
@@ -91,14 +104,20 @@ class Batch(NamedTuple):
 
 
 class SinkBatch(NamedTuple):
-    """What a sink writes: JSON lines, already encoded by the producer of the batch."""
+    """What a sink writes: predictions (already JSON-encoded, one per record) and dead letters."""
 
-    predictions: bytes
-    n_predictions: int
+    predictions: list[bytes]
+    keys: list[str]
+    """Per prediction, the record's key (the Kafka message key)."""
+    versions: list[str]
+    """Per prediction, the model version that scored it."""
     read_at: list[float]
     """Per prediction, when its event was read (for end-to-end latency)."""
-    dead_letters: bytes
-    n_dead_letters: int
+    dead_letters: list[DeadLetter]
+
+    @staticmethod
+    def of_dead_letters(dead: list[DeadLetter]) -> SinkBatch:
+        return SinkBatch([], [], [], [], dead)
 
 
 class Ack(NamedTuple):

@@ -48,7 +48,7 @@ def run_pipeline(
     """
     from actors.supervisor import Supervisor
 
-    check_source(config.source)
+    check_source(config)
     out = Path(out_dir or config.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor.remote(config, str(out))

@@ -10,7 +10,7 @@ labels the scorer is River's own predict-then-learn loop (progressive validation
 >>> x = {"age": 30.0, "income": 2.5}
 >>> out = core.process(Batch(0, [Event("r1", "k1", 0.0, x, 0, 0, 0.0),
 ...                               Feedback("r1", "k1", True, 0.0, 0, 1, 0.0)]))
->>> out.n_predictions, core.stats()["learned"]
+>>> len(out.predictions), core.stats()["learned"]
 (1, 1)
 """
 
@@ -26,7 +26,7 @@ from river import metrics
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
 from pipelines.models import build_model, task_of
-from pipelines.protocol import Batch, Event, Feedback, SinkBatch
+from pipelines.protocol import Batch, DeadLetter, Event, Feedback, SinkBatch
 
 __all__ = ["ScorerCore", "merge_metrics"]
 
@@ -66,8 +66,9 @@ class ScorerCore:
     def process(self, batch: Batch) -> SinkBatch:
         """Score the events and learn from the feedback of ``batch``, in order."""
         lines: list[bytes] = []
+        keys: list[str] = []
         read_at: list[float] = []
-        dead: list[bytes] = []
+        dead: list[DeadLetter] = []
         classifier = self.task != "regression"
         model, labels, counts = self.model, self.labels, self.counts
         version, name = self.version, self.name
@@ -82,7 +83,7 @@ class ScorerCore:
                         score = prediction = model.predict_one(item.features)
                 except Exception as e:  # a record the model cannot take is data, not a crash
                     counts["model_errors"] += 1
-                    dead.append(_dead_letter(item, f"model error: {type(e).__name__}: {e}", name))
+                    dead.append(_dead_event(item, f"model error: {type(e).__name__}: {e}", name))
                     continue
                 counts["scored"] += 1
                 lines.append(orjson.dumps({
@@ -91,22 +92,22 @@ class ScorerCore:
                     "event_time": item.event_time, "scored_at": time.time(),
                     "partition": item.partition, "offset": item.offset,
                 }, option=_JSON))
+                keys.append(item.key)
                 read_at.append(item.read_at)
                 early = labels.add(item.record_id, _Scored(item.features, score, prediction))
                 if early is not None:
-                    self._learn(item.record_id, item.features, score, prediction, early[0], dead)
+                    self._learn(item, item.features, score, prediction, early[0], dead)
             else:
                 assert type(item) is Feedback
                 counts["feedback"] += 1
                 held = labels.match(item.record_id, item.label)
                 if held is not None:
-                    self._learn(item.record_id, held.features, held.y_pred, held.prediction,
-                                item.label, dead)
-        return SinkBatch(b"".join(line + b"\n" for line in lines), len(lines), read_at,
-                         b"".join(line + b"\n" for line in dead), len(dead))
+                    self._learn(item, held.features, held.y_pred, held.prediction, item.label,
+                                dead)
+        return SinkBatch(lines, keys, [version] * len(lines), read_at, dead)
 
-    def _learn(self, record_id: str, features: dict[str, Any], y_pred: Any, prediction: Any,
-               label: Any, dead: list[bytes]) -> None:
+    def _learn(self, item: Event | Feedback, features: dict[str, Any], y_pred: Any,
+               prediction: Any, label: Any, dead: list[DeadLetter]) -> None:
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
             self._update_metrics(label, y_pred, prediction)
@@ -114,10 +115,12 @@ class ScorerCore:
             self.model.learn_one(features, label)
         except Exception as e:
             self.counts["model_errors"] += 1
-            dead.append(orjson.dumps({
-                "record_id": record_id, "kind": "feedback", "raw": repr(label),
-                "error": f"model error while learning: {type(e).__name__}: {e}",
-                "source": self.name, "position": None}))
+            dead.append(DeadLetter(
+                item.record_id, "feedback",
+                orjson.dumps({"record_id": item.record_id, "key": item.key, "label": label},
+                             default=repr, option=_JSON),
+                f"model error while learning: {type(e).__name__}: {e}", "ModelError",
+                self.name, item.partition, item.offset))
             return
         self.counts["learned"] += 1
 
@@ -151,14 +154,11 @@ class ScorerCore:
         }
 
 
-def _dead_letter(event: Event, error: str, scorer: str) -> bytes:
-    return orjson.dumps({
-        "record_id": event.record_id, "kind": "event",
-        "raw": orjson.dumps({"record_id": event.record_id, "key": event.key,
-                             "features": event.features}, option=_JSON).decode(),
-        "error": error, "source": f"{scorer}", "position": event.offset,
-        "partition": event.partition,
-    }, option=_JSON)
+def _dead_event(event: Event, error: str, scorer: str) -> DeadLetter:
+    raw = orjson.dumps({"record_id": event.record_id, "key": event.key,
+                        "features": event.features}, default=repr, option=_JSON)
+    return DeadLetter(event.record_id, "event", raw, error, "ModelError", scorer,
+                      event.partition, event.offset, event.key.encode())
 
 
 def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, float]:

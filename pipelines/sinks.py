@@ -10,11 +10,27 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from ddsketch import DDSketch
 
-from pipelines.protocol import Ack, SinkBatch
+from pipelines.config import KafkaConfig
+from pipelines.protocol import Ack, DeadLetter, SinkBatch
 
-__all__ = ["FileSink", "LatencySketch"]
+__all__ = ["FileSink", "KafkaSink", "LatencySketch", "dead_letter_json"]
+
+
+def dead_letter_json(d: DeadLetter) -> bytes:
+    """A dead letter as a line of ``dead_letters.jsonl``.
+
+    >>> line = dead_letter_json(DeadLetter(None, "event", b"{oops", "invalid JSON",
+    ...                                    "DecodeError", "events", 2, 17))
+    >>> orjson.loads(line)["source"], orjson.loads(line)["raw"]
+    ('events[2]@17', '{oops')
+    """
+    return orjson.dumps({
+        "record_id": d.record_id, "kind": d.kind, "raw": d.raw.decode("utf-8", "replace"),
+        "error": d.error, "error_class": d.error_class, "source": d.source, "topic": d.topic,
+        "partition": d.partition, "position": d.offset})
 
 
 class LatencySketch:
@@ -58,17 +74,18 @@ class FileSink:
         self.counts = {"predictions_written": 0, "dead_letters_written": 0}
 
     def write(self, batch: SinkBatch) -> Ack:
-        if batch.n_predictions:
-            self._predictions.write(batch.predictions)
+        n, n_dead = len(batch.predictions), len(batch.dead_letters)
+        if n:
+            self._predictions.write(b"\n".join(batch.predictions) + b"\n")
             self._predictions.flush()
-        if batch.n_dead_letters:
-            self._dead.write(batch.dead_letters)
+        if n_dead:
+            self._dead.write(b"".join(dead_letter_json(d) + b"\n" for d in batch.dead_letters))
             self._dead.flush()
         now = time.time()
         self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
-        self.counts["predictions_written"] += batch.n_predictions
-        self.counts["dead_letters_written"] += batch.n_dead_letters
-        return Ack(batch.n_predictions, batch.n_dead_letters)
+        self.counts["predictions_written"] += n
+        self.counts["dead_letters_written"] += n_dead
+        return Ack(n, n_dead)
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "latency_ms": self.latency.summary()}
@@ -78,3 +95,63 @@ class FileSink:
             if not f.closed:
                 f.flush()
                 f.close()
+
+
+class KafkaSink:
+    """Produces predictions and dead letters to their topics; acks once the broker has them.
+
+    Predictions: message key = the record's ``key``, value = the JSON line of
+    ``predictions.jsonl``, headers ``riffle.model_version`` and a W3C ``traceparent``.
+    Dead letters follow Kafka Connect: the original bytes and key, with the error and
+    the source topic, partition and offset in ``__connect.errors.*`` headers.
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, client_id: str = "riffle-sink") -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        from pipelines.kafka import producer
+
+        self._producer = producer(kafka, client_id=client_id)
+        self._topics = kafka.topics
+        self._tracer = TracerProvider().get_tracer("riffle.sink")
+        self._propagator = TraceContextTextMapPropagator()
+        self.latency = LatencySketch()
+        self.counts = {"predictions_written": 0, "dead_letters_written": 0}
+
+    def write(self, batch: SinkBatch) -> Ack:
+        from opentelemetry import trace
+
+        from pipelines.kafka import connect_headers
+
+        send = self._producer.send
+        with self._tracer.start_as_current_span("sink.write") as span:
+            span.set_attribute("messaging.destination.name", self._topics.predictions)
+            span.set_attribute("messaging.batch.message_count", len(batch.predictions))
+            carrier: dict[str, str] = {}
+            self._propagator.inject(carrier, context=trace.set_span_in_context(span))
+            traceparent = carrier.get("traceparent", "").encode()
+            topic = self._topics.predictions
+            for line, key, version in zip(batch.predictions, batch.keys, batch.versions,
+                                          strict=True):
+                send(topic, value=line, key=key.encode("utf-8"),
+                     headers=[("riffle.model_version", version.encode()),
+                              ("traceparent", traceparent)])
+            for d in batch.dead_letters:
+                send(self._topics.dead_letters, value=d.raw, key=d.key,
+                     headers=connect_headers(d.error_class, d.error, d.topic, d.partition,
+                                             d.offset))
+            # The ack means "on the broker": flush waits for every send (or raises).
+            self._producer.flush()
+        now = time.time()
+        self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
+        self.counts["predictions_written"] += len(batch.predictions)
+        self.counts["dead_letters_written"] += len(batch.dead_letters)
+        return Ack(len(batch.predictions), len(batch.dead_letters))
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counts, "latency_ms": self.latency.summary()}
+
+    def close(self) -> None:
+        self._producer.flush()
+        self._producer.close()

@@ -41,8 +41,8 @@ def build_summary(*, name: str, ingest: list[dict[str, Any]], scorers: list[dict
     summary["labels_unmatched"] += sum(s.get("labels_held_early", 0) for s in scorers)
     summary["dead_letters"] = sink.get("dead_letters_written", 0)
     summary["predictions_written"] = sink.get("predictions_written", 0)
-    started = [s["started_at"] for s in ingest if s.get("started_at")]
-    finished = [s["finished_at"] for s in ingest if s.get("finished_at")]
+    started = [s["first_read_at"] for s in ingest if s.get("first_read_at")]
+    finished = [s["last_ack_at"] for s in ingest if s.get("last_ack_at")]
     active_s = (max(finished) - min(started)) if started and finished else wall_s
     summary["elapsed_s"] = round(active_s, 3)
     summary["wall_s"] = round(wall_s, 3)

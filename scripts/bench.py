@@ -54,10 +54,9 @@ def plain_loop(config: PipelineConfig, out: Path) -> dict[str, Any]:
     task = task_of(build_model(config.scoring.model))
     reader = open_reader(config.source, list(range(config.source.partitions)))
     core = IngestCore(config.model_copy(update={"scoring": config.scoring.model_copy(
-        update={"n_actors": 1})}), task=task, source_name=reader.name)
+        update={"n_actors": 1})}), task=task)
     scorer = ScorerCore(config.scoring, name="loop")
     sink = FileSink(out)
-    from pipelines.ingest import dead_letter_line
     from pipelines.protocol import SinkBatch
 
     t0 = time.perf_counter()
@@ -68,8 +67,7 @@ def plain_loop(config: PipelineConfig, out: Path) -> dict[str, Any]:
             continue
         routed, dead = core.route(msgs)
         if dead:
-            lines = b"".join(dead_letter_line(d) + b"\n" for d in dead)
-            sink.write(SinkBatch(b"", 0, [], lines, len(dead)))
+            sink.write(SinkBatch.of_dead_letters(dead))
         sink.write(scorer.process(Batch(seq, routed[0])))
         seq += 1
     elapsed = time.perf_counter() - t0

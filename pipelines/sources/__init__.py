@@ -1,6 +1,8 @@
 """Sources: partitioned, positioned streams of events and feedback.
 
->>> from pipelines.config import SyntheticSourceConfig
+>>> from collections.abc import Callable
+
+from pipelines.config import SyntheticSourceConfig
 >>> reader = open_reader(SyntheticSourceConfig(kind="synthetic", n_events=10), [0, 1, 2, 3])
 >>> sum(m.kind == "event" for m in reader.read(100))
 10
@@ -8,7 +10,14 @@
 
 from __future__ import annotations
 
-from pipelines.config import FileSourceConfig, SyntheticSourceConfig
+from collections.abc import Callable
+
+from pipelines.config import (
+    FileSourceConfig,
+    KafkaSourceConfig,
+    PipelineConfig,
+    SyntheticSourceConfig,
+)
 from pipelines.sources.base import PartitionLog, SourceReader, partition_of
 from pipelines.sources.file import FileReader, check_readable
 from pipelines.sources.synthetic import SyntheticReader
@@ -19,6 +28,7 @@ __all__ = [
     "SourceReader",
     "SyntheticReader",
     "check_source",
+    "open_pipeline_reader",
     "open_reader",
     "partition_of",
 ]
@@ -27,15 +37,44 @@ __all__ = [
 def open_reader(
     cfg: SyntheticSourceConfig | FileSourceConfig,
     partitions: list[int],
-    positions: dict[int, int] | None = None,
+    positions: dict[str, int] | None = None,
 ) -> SourceReader:
-    """A reader of ``partitions`` of the configured source, from ``positions``."""
+    """A reader of ``partitions`` of an embedded source, from ``positions``."""
     if isinstance(cfg, SyntheticSourceConfig):
         return SyntheticReader(cfg, partitions, positions)
-    return FileReader(cfg, partitions, positions)
-
-
-def check_source(cfg: SyntheticSourceConfig | FileSourceConfig) -> None:
-    """Raise a one-line :class:`~pipelines.errors.SourceError` if the source cannot be read."""
     if isinstance(cfg, FileSourceConfig):
-        check_readable(cfg.path)
+        return FileReader(cfg, partitions, positions)
+    raise TypeError(f"open_reader: no embedded reader for a {cfg.kind} source")
+
+
+def open_pipeline_reader(
+    config: PipelineConfig,
+    partitions: list[int],
+    positions: dict[str, int] | None = None,
+    *,
+    on_revoke: Callable[[], None] | None = None,
+    client_id: str = "riffle",
+) -> SourceReader:
+    """The reader of one ingest actor of ``config``.
+
+    Embedded sources own the partitions given; a Kafka reader joins the consumer group
+    (its partitions are the group's to assign; its positions are the committed offsets)
+    and calls ``on_revoke`` before any of them is taken away.
+    """
+    src = config.source
+    if isinstance(src, KafkaSourceConfig):
+        from pipelines.sources.kafka import KafkaReader
+
+        return KafkaReader(src, config.kafka, max_message_bytes=config.ingest.max_message_bytes,
+                           client_id=client_id, on_revoke=on_revoke)
+    return open_reader(src, partitions, positions)
+
+
+def check_source(config: PipelineConfig) -> None:
+    """Raise a one-line error if the pipeline's source (or Kafka) cannot be reached."""
+    if isinstance(config.source, FileSourceConfig):
+        check_readable(config.source.path)
+    if "kafka" in (config.source.kind, config.output.kind):
+        from pipelines.kafka import admin_client
+
+        admin_client(config.kafka).close()

@@ -46,8 +46,12 @@ class SourceReader(Protocol):
         """True when a finite source has nothing more to give."""
         ...
 
-    def positions(self) -> dict[int, int]:
-        """Per owned partition, the offset of the next message to be read."""
+    def positions(self) -> dict[str, int]:
+        """Per owned partition (``topic[p]``), the offset of the next message to read."""
+        ...
+
+    def commit(self, positions: dict[str, int]) -> None:
+        """Everything before ``positions`` is written downstream: record it (Kafka commits)."""
         ...
 
     def close(self) -> None: ...
@@ -70,13 +74,16 @@ class PartitionLog:
     [(3, 'feedback')]
     """
 
-    __slots__ = ("_out", "delay_events", "delay_s", "events_seen", "next_offset", "partition",
-                 "pending", "start")
+    __slots__ = ("_out", "delay_events", "delay_s", "events_seen", "name", "next_offset",
+                 "partition", "pending", "start", "topic")
 
     def __init__(
-        self, partition: int, *, delay_events: int = 0, delay_s: float = 0.0, start: int = 0
+        self, partition: int, *, topic: str = "embedded", delay_events: int = 0,
+        delay_s: float = 0.0, start: int = 0
     ) -> None:
+        self.topic = topic
         self.partition = partition
+        self.name = f"{topic}[{partition}]"
         self.delay_events = delay_events
         self.delay_s = delay_s
         self.start = start
@@ -91,7 +98,8 @@ class PartitionLog:
         offset = self.next_offset
         self.next_offset += 1
         if offset >= self.start:
-            self._out.append(SourceMessage(self.partition, offset, kind, payload, raw, error, now))
+            self._out.append(SourceMessage(self.topic, self.partition, offset, kind, payload, raw,
+                                           error, now))
 
     def append_event(self, payload: dict[str, Any] | None, *, feedback: dict[str, Any] | None,
                      now: float, raw: bytes | None = None, error: str | None = None) -> None:

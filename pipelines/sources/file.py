@@ -80,13 +80,14 @@ class FileReader:
     """Reads the owned partitions of a JSONL or CSV file, in line order."""
 
     def __init__(self, cfg: FileSourceConfig, partitions: list[int],
-                 positions: dict[int, int] | None = None) -> None:
+                 positions: dict[str, int] | None = None) -> None:
         positions = positions or {}
         self.name = f"file:{cfg.path.name}"
         self._cfg = cfg
         self._csv = cfg.file_format == "csv"
-        self._logs = {p: PartitionLog(p, delay_events=cfg.label_delay_events,
-                                      delay_s=cfg.label_delay_s, start=positions.get(p, 0))
+        self._logs = {p: PartitionLog(p, topic=self.name, delay_events=cfg.label_delay_events,
+                                      delay_s=cfg.label_delay_s,
+                                      start=positions.get(f"{self.name}[{p}]", 0))
                       for p in partitions}
         try:
             self._file: IO[bytes] = open(cfg.path, "rb")
@@ -168,8 +169,11 @@ class FileReader:
     def exhausted(self) -> bool:
         return self._eof and not any(log.buffered for log in self._logs.values())
 
-    def positions(self) -> dict[int, int]:
-        return {p: log.position for p, log in self._logs.items()}
+    def positions(self) -> dict[str, int]:
+        return {log.name: log.position for log in self._logs.values()}
+
+    def commit(self, positions: dict[str, int]) -> None:
+        """Nothing to do: embedded positions live in checkpoints."""
 
     def close(self) -> None:
         self._file.close()

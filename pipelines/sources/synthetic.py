@@ -64,7 +64,7 @@ class _SyntheticPartition:
         self.remaining = partition_share(cfg.n_events, partition, cfg.partitions)
         self.prefix = f"{cfg.name}-{cfg.seed}-{partition}-"
         self.index = 0
-        self.log = PartitionLog(partition, delay_events=cfg.label_delay_events,
+        self.log = PartitionLog(partition, topic=cfg.name, delay_events=cfg.label_delay_events,
                                 delay_s=cfg.label_delay_s, start=start)
 
     def generate(self, n: int, now: float) -> None:
@@ -96,10 +96,11 @@ class SyntheticReader:
     """Reads the owned partitions of the synthetic loan stream, round-robin."""
 
     def __init__(self, cfg: SyntheticSourceConfig, partitions: list[int],
-                 positions: dict[int, int] | None = None) -> None:
+                 positions: dict[str, int] | None = None) -> None:
         positions = positions or {}
         self.name = cfg.name
-        self._parts = [_SyntheticPartition(cfg, p, positions.get(p, 0)) for p in partitions]
+        self._parts = [_SyntheticPartition(cfg, p, positions.get(f"{cfg.name}[{p}]", 0))
+                       for p in partitions]
         share = len(partitions) / cfg.partitions
         self._limiter = RateLimiter(cfg.rate_per_s * share if cfg.rate_per_s else None)
         self._turn = 0
@@ -127,8 +128,11 @@ class SyntheticReader:
     def exhausted(self) -> bool:
         return all(p.done for p in self._parts)
 
-    def positions(self) -> dict[int, int]:
-        return {p.log.partition: p.log.position for p in self._parts}
+    def positions(self) -> dict[str, int]:
+        return {p.log.name: p.log.position for p in self._parts}
+
+    def commit(self, positions: dict[str, int]) -> None:
+        """Nothing to do: embedded positions live in checkpoints."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""

@@ -36,7 +36,7 @@ def test_scorer_label_before_event_learns_when_event_arrives() -> None:
     assert core.stats()["learned"] == 0
     out = core.process(Batch(1, [ev("r1")]))
     stats = core.stats()
-    assert out.n_predictions == 1
+    assert len(out.predictions) == 1
     assert stats["learned"] == 1 and stats["labels_early"] == 1
     assert stats["labels_unmatched"] == 0 and stats["labels_held_early"] == 0
 
@@ -82,8 +82,8 @@ def test_scorer_model_error_on_bad_feature_is_dead_letter_not_crash() -> None:
     core = make_core(Clock())
     core.process(Batch(0, [ev("r0", 2.0), fb("r0"), ev("r00", 3.0), fb("r00", False)]))
     out = core.process(Batch(1, [Event("r1", "k", 0.0, {"x": "text"}, 0, 0, 0.0), ev("r2")]))
-    assert out.n_dead_letters == 1 and b"model error: TypeError" in out.dead_letters
-    assert out.n_predictions == 1 and core.stats()["model_errors"] == 1
+    assert len(out.dead_letters) == 1 and "model error: TypeError" in out.dead_letters[0].error
+    assert len(out.predictions) == 1 and core.stats()["model_errors"] == 1
 
 
 def test_label_buffer_wrong_label_type_for_learn_does_not_corrupt_counts() -> None:
