@@ -40,11 +40,13 @@ def run_pipeline(
     out_dir: Path | None = None,
     stop: threading.Event | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_started: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` until its source ends or ``stop`` is set; returns the summary.
 
     Needs Ray (see :func:`ensure_ray`). Writes ``predictions.jsonl``,
-    ``dead_letters.jsonl`` and ``summary.json`` under ``out_dir``.
+    ``dead_letters.jsonl`` and ``summary.json`` under ``out_dir``. ``on_started`` gets
+    the Supervisor's handle once every actor answers (e.g. to scale a Kafka group).
     """
     from actors.supervisor import Supervisor
 
@@ -55,6 +57,8 @@ def run_pipeline(
     try:
         ray.get(supervisor.start.remote())
         done = supervisor.wait.remote()
+        if on_started is not None:
+            on_started(supervisor)
         stopping = False
         interval = config.runtime.progress_interval_s
         while not ray.wait([done], timeout=interval)[0]:

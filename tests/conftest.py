@@ -73,3 +73,43 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker for the session: RIFFLE_KAFKA_BOOTSTRAP if one answers there,
+    else the project's own (scripts/kafka.sh), stopped at the end. Never skipped: if no
+    broker can start, the tests that need one fail with the tail of its log."""
+    from tests.kafka_broker import ensure_broker
+
+    address, stop = ensure_broker()
+    try:
+        yield address
+    finally:
+        stop()
+
+
+@pytest.fixture
+def make_kafka_config(make_config: Callable[..., PipelineConfig], kafka_bootstrap: str
+                      ) -> Callable[..., PipelineConfig]:
+    """Factory: a Kafka-in, Kafka-out pipeline on topics and a group of its own."""
+    import uuid
+
+    def make(**over: Any) -> PipelineConfig:
+        tag = uuid.uuid4().hex[:10]
+        kafka = {
+            "bootstrap_servers": kafka_bootstrap,
+            "group_id": f"riffle-test-{tag}",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "topics": {name: f"t-{tag}-{name}" for name in
+                       ("events", "feedback", "predictions", "dead_letters", "models")},
+        }
+        base: dict[str, Any] = {
+            "source": {"kind": "kafka", "partitions": 4, "idle_stop_s": 4.0},
+            "output": {"kind": "kafka"},
+            "kafka": kafka,
+        }
+        return make_config(**_merge(base, over))
+
+    return make

@@ -19,8 +19,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.record import util as record_util
 from kafka.record._crc32c import crc as crc32c_pure_python
 
-from tests.kafka_broker import ensure_broker
-
 pytestmark = pytest.mark.kafka
 
 MiB = 1024 * 1024
@@ -30,13 +28,9 @@ MiB = 1024 * 1024
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
 
 
-@pytest.fixture(scope="module")
-def bootstrap() -> Iterator[str]:
-    address, stop = ensure_broker()
-    try:
-        yield address
-    finally:
-        stop()
+@pytest.fixture
+def bootstrap(kafka_bootstrap: str) -> str:
+    return kafka_bootstrap
 
 
 @pytest.fixture
