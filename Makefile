@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export PIP_CACHE_DIR ?= $(HOME)/.cache/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint unit bench kafka-start kafka-stop clean
+.PHONY: setup run test test-deps lint unit bench kafka-start kafka-stop clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,16 @@ lint: setup
 unit: setup
 	$(PY) -m pytest tests/unit pipelines actors
 
-test: setup lint
+# System tools the tests use: kcat (a third-party Kafka client) from Debian's packages.
+# (Java 17 and Maven, for the Kafka broker of scripts/kafka.sh, are on every machine here.)
+test-deps:
+	@command -v kcat >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kcat >/dev/null; }
+	@command -v java >/dev/null && command -v mvn >/dev/null || \
+	  { echo "make test: the Kafka broker needs java (17+) and mvn on PATH" >&2; exit 1; }
+
+test: setup test-deps lint
 	RIFFLE_PYTHON=$(abspath $(PY)) $(PY) -m pytest
 
 bench: setup

@@ -99,6 +99,10 @@ class KafkaReader:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 reader._assigned(assigned)
 
+        # Know the topics' partitions before joining: a group leader without that metadata
+        # assigns nothing, and the group takes another round to recover.
+        for topic in self._topics:
+            self._consumer.partitions_for_topic(topic)
         self._consumer.subscribe(topics=list(self._topics), listener=Listener())
 
     def _revoked(self, revoked: Any) -> None:
