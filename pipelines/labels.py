@@ -11,10 +11,10 @@ True
 'features-of-r1'
 >>> buf.match("r1", True) is None, buf.counts["labels_duplicate"]
 (True, 1)
->>> buf.match("r9", False) is None, buf.counts["labels_early"]   # a label before its event
+>>> buf.match("r9", False) is None, buf.n_early     # a label before its event is held...
 (True, 1)
->>> buf.add("r9", "features-of-r9")                               # ...is learned on arrival
-(False,)
+>>> buf.add("r9", "features-of-r9"), buf.counts["labels_early"]   # ...and learned on arrival
+((False,), 1)
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class LabelBuffer(Generic[T]):
     Counts: ``labels_expired`` (a scored record whose label never came in time),
     ``labels_unmatched`` (a label that matched no record: unknown, too late, or whose
     record never came), ``labels_late`` (of the unmatched, those after their record
-    expired), ``labels_duplicate`` and ``labels_early`` (arrived before its record).
+    expired), ``labels_duplicate`` and ``labels_early`` (came before its record, and was
+    learned when the record came).
     """
 
     def __init__(self, *, max_pending: int, ttl_s: float, memory: int = 100_000,
@@ -57,6 +58,7 @@ class LabelBuffer(Generic[T]):
         early = self._early.pop(record_id, None)
         if early is not None:
             self._learned.add(record_id)
+            self.counts["labels_early"] += 1
             return (early[1],)
         pending = self._pending
         pending[record_id] = (self._clock(), entry)
@@ -78,7 +80,6 @@ class LabelBuffer(Generic[T]):
             counts["labels_late"] += 1
             counts["labels_unmatched"] += 1
         else:
-            counts["labels_early"] += 1
             self._early[record_id] = (self._clock(), label)
             if len(self._early) > self.max_pending:
                 self._early.popitem(last=False)
