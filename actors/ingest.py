@@ -52,6 +52,7 @@ class IngestActor:
         self._lane_of: dict[ray.ObjectRef, int] = {}
         self._seq = 0
         self._chunk = 0
+        self._in_flight_peak = 0
         self._last_commit = 0.0
         self._acked = {"predictions": 0, "dead_letters": 0, "batches": 0, "commits": 0}
         self._started_at: float | None = None
@@ -70,7 +71,9 @@ class IngestActor:
         return {**self._core.counts, "acked": dict(self._acked), "partitions": self._partitions,
                 "committed": dict(self._tracker.committed), "name": self.name,
                 "started_at": self._started_at, "finished_at": self._finished_at,
-                "first_read_at": self._first_read_at, "last_ack_at": self._last_ack_at}
+                "first_read_at": self._first_read_at, "last_ack_at": self._last_ack_at,
+                "in_flight_peak": self._in_flight_peak,
+                "buffered": sum(len(b) for b in self._buffers)}
 
     def run(self) -> dict[str, Any]:
         """Read until the source is exhausted or stop() is called; drain; return stats."""
@@ -116,16 +119,21 @@ class IngestActor:
     def _flush(self, *, force: bool) -> None:
         now = time.monotonic()
         cfg = self._cfg
-        for s, buf in enumerate(self._buffers):
-            due = force or len(buf) >= cfg.batch_size or now - self._since[s] >= cfg.linger_s
-            if buf and due:
-                data = encode_batch(Batch(self._seq, buf))
+        size = cfg.batch_size
+        for s in range(len(self._buffers)):
+            buf = self._buffers[s]
+            while buf and (force or len(buf) >= size or now - self._since[s] >= cfg.linger_s):
+                # Batches never exceed batch_size: a large read is cut into several.
+                head, buf = buf[:size], buf[size:]
+                self._buffers[s] = buf
+                data = encode_batch(Batch(self._seq, head))
                 self._seq += 1
-                self._buffers[s] = []
                 scorer = self._scorers[s]
                 # The scorer's output goes to the sink by reference: it never comes back here.
                 self._send(s, self._oldest[s],
                            lambda sc=scorer, d=data: self._sink.write.remote(sc.process.remote(d)))
+                if buf and len(buf) < size and not force:
+                    self._since[s] = now  # the rest waits for its own linger
 
     def _send(self, lane: int, chunk: int, submit: Any) -> None:
         # Backpressure: wait for the oldest unit of this lane while it is full.
@@ -134,6 +142,7 @@ class IngestActor:
             self._collect(0)
         ref = submit()
         self._lanes[lane].append(ref)
+        self._in_flight_peak = max(self._in_flight_peak, len(self._lanes[lane]))
         self._lane_of[ref] = lane
         self._tracker.unit_sent(ref, chunk)
 
