@@ -34,6 +34,7 @@ __all__ = [
     "ModelSpec",
     "OutputConfig",
     "PipelineConfig",
+    "RestartPolicyConfig",
     "RuntimeConfig",
     "ScoringConfig",
     "SourceConfig",
@@ -245,6 +246,26 @@ class OutputConfig(_Frozen):
     predictions and dead-letter topics (the summary is still written to ``out_dir``)."""
     out_dir: LaxPath | None = None
     """Default: ``out/<pipeline name>``."""
+
+
+class RestartPolicyConfig(_Frozen):
+    """How the Supervisor answers an actor's failure (Akka's restart directives)."""
+
+    strategy: Literal["one_for_one", "all_for_one"] = "one_for_one"
+    max_restarts: Annotated[int, Field(ge=0)] = 5
+    within_s: Annotated[float, Field(gt=0)] = 60.0
+    """More than ``max_restarts`` failures within this window escalate (the run stops)."""
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(ge=0)] = 10.0
+    backoff_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    """Each delay is scaled by a random factor in ``1 ± backoff_jitter``."""
+
+    @model_validator(mode="after")
+    def _cap_above_initial(self) -> RestartPolicyConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be >= "
+                             f"backoff_initial_s ({self.backoff_initial_s})")
+        return self
 
 
 class RuntimeConfig(_Frozen):
