@@ -141,6 +141,13 @@ class KafkaSourceConfig(_Frozen):
     """End the run once no message has arrived for this long (``null``: never)."""
     require_message_key: bool = True
     """An event must be keyed by its ``key``, so that a key's events share a partition."""
+    align_topics: bool = True
+    """Hand out each partition's events and feedback in timestamp order (as Kafka Streams
+    synchronises its inputs), so that a backlog is learned from as it happened."""
+    align_max_wait_s: Annotated[float, Field(ge=0)] = 2.0
+    """How long one side is held while the other may still have older messages."""
+    align_max_held: Annotated[int, Field(ge=1)] = 20_000
+    """Messages held per side and partition before that side is paused."""
 
 
 SourceConfig = Annotated[SyntheticSourceConfig | FileSourceConfig | KafkaSourceConfig,

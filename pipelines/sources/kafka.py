@@ -17,6 +17,7 @@ import orjson
 from pipelines.config import KafkaConfig, KafkaSourceConfig
 from pipelines.kafka import client_options
 from pipelines.protocol import SourceMessage
+from pipelines.sources.align import TopicAligner
 
 __all__ = ["KafkaReader", "decode_value"]
 
@@ -68,6 +69,10 @@ class KafkaReader:
         self.name = "kafka"
         self._source = source
         self._topics = {kafka.topics.events: "event", kafka.topics.feedback: "feedback"}
+        self._topic_of = {kind: topic for topic, kind in self._topics.items()}
+        self._aligner = TopicAligner(max_wait_s=source.align_max_wait_s)
+        self._fetched: dict[tuple[str, int], int] = {}  # next offset fetched, per side
+        self._paused: set[Any] = set()
         self._max_bytes = max_message_bytes
         self._poll_ms = max(1, int(poll_timeout_s * 1000))
         self._next: dict[str, int] = {}
@@ -117,6 +122,10 @@ class KafkaReader:
                 self._in_rebalance = False
         for tp in revoked:
             self._next.pop(f"{tp.topic}[{tp.partition}]", None)
+            self._fetched.pop((self._topics[tp.topic], tp.partition), None)
+            self._paused.discard(tp)
+        # What is held unreleased was never committed: the new owner reads it again.
+        self._aligner.drop({(self._topics[tp.topic], tp.partition) for tp in revoked})
 
     def _assigned(self, assigned: Any) -> None:
         self._assigned_at = time.monotonic()
@@ -129,26 +138,64 @@ class KafkaReader:
         # polls of some length (with 10 ms polls a rejoin was seen to stall until the
         # session timed out).
         records = self._consumer.poll(timeout_ms=self._poll_ms, max_records=max_n)
-        out: list[SourceMessage] = []
+        fetched: list[SourceMessage] = []
         require_key = self._source.require_message_key
         for tp, messages in records.items():
             kind = self._topics[tp.topic]
             for m in messages:
                 payload, error = decode_value(m.value, m.key, max_bytes=self._max_bytes,
                                               require_key=require_key and kind == "event")
-                out.append(SourceMessage(tp.topic, tp.partition, m.offset, kind, payload,
-                                         m.value if m.value is not None else b"", error,
-                                         m.timestamp / 1000.0, m.key))
+                fetched.append(SourceMessage(tp.topic, tp.partition, m.offset, kind, payload,
+                                             m.value if m.value is not None else b"", error,
+                                             m.timestamp / 1000.0, m.key))
             if messages:
-                self._next[f"{tp.topic}[{tp.partition}]"] = messages[-1].offset + 1
+                self._fetched[(kind, tp.partition)] = messages[-1].offset + 1
+        if not self._source.align_topics:
+            out = fetched
+        else:
+            self._aligner.add(fetched)
+            out = self._aligner.release(self._caught_up, now=time.monotonic())
+            self._pause_runaways()
+        for msg in out:  # positions move with what is handed out, not with what is held
+            self._next[f"{msg.topic}[{msg.partition}]"] = msg.offset + 1
         if out:
             self._last_message = time.monotonic()
         return out
 
+    def _caught_up(self, kind: str, partition: int) -> bool:
+        """Nothing more of that side is on the broker now (or it is not ours to wait for)."""
+        from kafka.structs import TopicPartition
+
+        tp = TopicPartition(self._topic_of[kind], partition)
+        if tp not in self._consumer.assignment():
+            return True
+        highwater = self._consumer.highwater(tp)
+        if highwater is None:  # no fetch response yet for it: unknown, so not caught up
+            return False
+        position = self._fetched.get((kind, partition))
+        if position is None:
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except Exception:  # position not known yet
+                return False
+        return position is not None and position >= highwater
+
+    def _pause_runaways(self) -> None:
+        # A side far ahead of the other is paused instead of buffered without bound.
+        cap = self._source.align_max_held
+        for tp in self._consumer.assignment():
+            held = self._aligner.held(self._topics[tp.topic], tp.partition)
+            if held > cap and tp not in self._paused:
+                self._consumer.pause(tp)
+                self._paused.add(tp)
+            elif held < cap // 2 and tp in self._paused:
+                self._consumer.resume(tp)
+                self._paused.discard(tp)
+
     @property
     def exhausted(self) -> bool:
         idle = self._source.idle_stop_s
-        if idle is None or self._assigned_at is None:
+        if idle is None or self._assigned_at is None or self._aligner.n_held:
             return False
         return time.monotonic() - max(self._last_message, self._assigned_at) > idle
 

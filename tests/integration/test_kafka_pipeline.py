@@ -106,3 +106,50 @@ def test_kafka_bad_input_on_the_wire_dead_lettered_all_accounted(make_kafka_conf
         # The original bytes, as Kafka Connect keeps them (a tombstone stays empty).
         assert m.value in originals or (m.value in (b"", None) and None in originals)
     assert set(reasons) == {r for _, _, r in bad}
+
+
+def test_kafka_backlog_events_and_feedback_aligned_equals_river_progressive_validation(
+    make_kafka_config: Any,
+) -> None:
+    """A backlog in two topics is merged by timestamp: with one partition and each label
+    right after its event, the Kafka pipeline is River's progressive validation."""
+    import itertools
+
+    from river import evaluate, linear_model, metrics, preprocessing
+    from river.datasets import synth
+
+    config = make_kafka_config(source={"partitions": 1})
+    bootstrap, topics = config.kafka.bootstrap_servers, config.kafka.topics
+    from pipelines.kafka import ensure_topics
+
+    ensure_topics(config.kafka, 1)
+    rows = list(itertools.islice(synth.Agrawal(classification_function=1, seed=3), 3000))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    t0 = 1_700_000_000_000
+    # The whole backlog of events first, then all labels: only their timestamps say that
+    # each label came right after its event.
+    for i, (x, _) in enumerate(rows):
+        producer.send(topics.events, key=b"k", timestamp_ms=t0 + 2 * i,
+                      value=orjson.dumps({"record_id": f"r{i}", "key": "k", "features": x}))
+    for i, (_, y) in enumerate(rows):
+        producer.send(topics.feedback, key=b"k", timestamp_ms=t0 + 2 * i + 1,
+                      value=orjson.dumps({"record_id": f"r{i}", "key": "k", "label": y}))
+    producer.flush()
+
+    summary = run_pipeline(config)
+
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    expected = []
+    for x, y in rows:
+        expected.append(model.predict_proba_one(x))
+        model.learn_one(x, y)
+    got = {p["record_id"]: p for p in
+           (orjson.loads(m.value) for m in read_topic(bootstrap, topics.predictions))}
+    from tests.helpers import json_keys
+
+    assert [got[f"r{i}"]["score"] for i in range(len(rows))] == [json_keys(e) for e in expected]
+    reference = evaluate.progressive_val_score(
+        iter(rows), preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        metrics.LogLoss()).get()
+    assert summary["metrics"]["log_loss"] == pytest.approx(reference, abs=1e-12, rel=0)
+    assert summary["labels_early"] == 0
