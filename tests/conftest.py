@@ -106,7 +106,7 @@ def make_kafka_config(make_config: Callable[..., PipelineConfig], kafka_bootstra
                        ("events", "feedback", "predictions", "dead_letters", "models")},
         }
         base: dict[str, Any] = {
-            "source": {"kind": "kafka", "partitions": 4, "idle_stop_s": 4.0},
+            "source": {"kind": "kafka", "partitions": 4, "idle_stop_s": 8.0},
             "output": {"kind": "kafka"},
             "kafka": kafka,
         }
