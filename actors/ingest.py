@@ -175,9 +175,11 @@ class IngestActor:
                 self._reader.commit(dict(self._tracker.committed))
                 self._acked["commits"] += 1
 
-    def _drain(self) -> None:
-        """Before partitions are taken away: send everything, wait for every ack, commit."""
+    def _drain(self, revoked: set[str]) -> None:
+        """Before partitions are taken away: send everything, wait for every ack, commit;
+        then forget their positions (committing them later could move offsets back)."""
         self._flush(force=True)
         while any(self._lanes):
             self._collect(0.05)
         self._commit(force=True)
+        self._tracker.forget(revoked)

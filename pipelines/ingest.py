@@ -137,6 +137,15 @@ class PositionTracker:
     def unit_acked(self, unit: Any) -> None:
         del self._units[unit]
 
+    def forget(self, names: set[str]) -> None:
+        """Partitions given up: their positions are another owner's to commit now.
+
+        Keeping them would commit a stale (older) offset if the partition came back.
+        """
+        for positions in (self.committed, *self._chunks.values()):
+            for name in names:
+                positions.pop(name, None)
+
     def committable(self, oldest_unsent: int | None) -> dict[str, int] | None:
         """New positions to commit, given the oldest chunk still held unsent; or None."""
         blockers = list(self._units.values())

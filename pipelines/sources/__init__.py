@@ -52,7 +52,7 @@ def open_pipeline_reader(
     partitions: list[int],
     positions: dict[str, int] | None = None,
     *,
-    on_revoke: Callable[[], None] | None = None,
+    on_revoke: Callable[[set[str]], None] | None = None,
     client_id: str = "riffle",
 ) -> SourceReader:
     """The reader of one ingest actor of ``config``.

@@ -61,7 +61,7 @@ class KafkaReader:
     """A kafka-python consumer in the ingest group, subscribed to events and feedback."""
 
     def __init__(self, source: KafkaSourceConfig, kafka: KafkaConfig, *, max_message_bytes: int,
-                 client_id: str, on_revoke: Callable[[], None] | None = None,
+                 client_id: str, on_revoke: Callable[[set[str]], None] | None = None,
                  poll_timeout_s: float = 0.1) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
@@ -118,7 +118,7 @@ class KafkaReader:
             # the consumer's own event loop, so the commit must not block it (see commit).
             self._in_rebalance = True
             try:
-                self._on_revoke()
+                self._on_revoke({f"{tp.topic}[{tp.partition}]" for tp in revoked})
             finally:
                 self._in_rebalance = False
         for tp in revoked:

@@ -122,3 +122,16 @@ def test_position_tracker_commits_only_after_every_older_unit_is_acked() -> None
     assert t.committable(oldest_unsent=1) == {0: 5}  # chunk 1 still in a buffer
     assert t.committable(oldest_unsent=None) == {0: 9}
     assert t.committed == {0: 9}
+
+
+def test_position_tracker_forgets_revoked_partitions_never_commits_them_again() -> None:
+    t = PositionTracker()
+    t.chunk_read(0, {"ev[0]": 100, "ev[1]": 50})
+    t.unit_sent("u", 0)
+    t.unit_acked("u")
+    assert t.committable(None) == {"ev[0]": 100, "ev[1]": 50}
+    t.forget({"ev[1]"})  # ev[1] went to another member, which moves it on to 80...
+    t.chunk_read(1, {"ev[0]": 120})
+    t.committable(None)
+    # ...so if it comes back, 50 must not be committed over 80.
+    assert t.committed == {"ev[0]": 120}
