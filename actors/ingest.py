@@ -53,6 +53,7 @@ class IngestActor:
         self._seq = 0
         self._chunk = 0
         self._in_flight_peak = 0
+        self._commits: dict[str, int] = {}
         self._last_commit = 0.0
         self._acked = {"predictions": 0, "dead_letters": 0, "batches": 0, "commits": 0}
         self._started_at: float | None = None
@@ -69,7 +70,7 @@ class IngestActor:
 
     def stats(self) -> dict[str, Any]:
         return {**self._core.counts, "acked": dict(self._acked), "partitions": self._partitions,
-                "committed": dict(self._tracker.committed), "name": self.name,
+                "committed": dict(self._commits), "name": self.name,
                 "started_at": self._started_at, "finished_at": self._finished_at,
                 "first_read_at": self._first_read_at, "last_ack_at": self._last_ack_at,
                 "in_flight_peak": self._in_flight_peak,
@@ -172,8 +173,11 @@ class IngestActor:
         if force or now - self._last_commit >= COMMIT_INTERVAL_S:
             self._last_commit = now
             if self._tracker.committed:
-                self._reader.commit(dict(self._tracker.committed))
+                positions = dict(self._tracker.committed)
+                self._reader.commit(positions)
                 self._acked["commits"] += 1
+                for name, offset in positions.items():  # what this actor ever committed
+                    self._commits[name] = max(offset, self._commits.get(name, 0))
 
     def _drain(self, revoked: set[str]) -> None:
         """Before partitions are taken away: send everything, wait for every ack, commit;

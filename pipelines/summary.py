@@ -54,6 +54,10 @@ def build_summary(*, name: str, ingest: list[dict[str, Any]], scorers: list[dict
     window_name = "mae" if task == "regression" else "accuracy"
     summary["windows"] = {"size": metrics_window, "metric": window_name,
                           "values": merge_windows(scorers, task)}
-    summary["positions"] = {str(p): o for s in ingest for p, o in s.get("committed", {}).items()}
+    positions: dict[str, int] = {}
+    for s in ingest:  # a partition several actors committed (after a rebalance): the furthest
+        for name, offset in s.get("committed", {}).items():
+            positions[name] = max(offset, positions.get(name, 0))
+    summary["positions"] = positions
     summary["stopped_early"] = stopped
     return summary

@@ -46,6 +46,7 @@ def make_config(source: dict[str, Any], n_ingest: int, n_scorers: int, out: Path
         "ingest": {"n_actors": n_ingest, "num_cpus": 0, **over.get("ingest", {})},
         "scoring": {"n_actors": n_scorers, "num_cpus": 0},
         "output": {"out_dir": str(out)},
+        **({"runtime": over["runtime"]} if "runtime" in over else {}),
     })
 
 
@@ -127,7 +128,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
 
 
 def fmt_row(name: str, r: dict[str, Any], base: float | None) -> str:
-    ratio = f"{r['events_per_s'] / base:.2f}x" if base else "1.00x"
+    ratio = f"{r['events_per_s'] / base:.2f}x" if base else "-"
     peak = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
     p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") is not None else "-"
     p99 = f"{r['p99_ms']:.1f}" if r.get("p99_ms") is not None else "-"
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--synthetic-events", type=int, default=60_000)
     ap.add_argument("--memory-events", type=int, default=0,
                     help="also run an endless synthetic stream this long and report RSS drift")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="skip the throughput table (with --memory-events)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
     args = ap.parse_args()
 
@@ -163,10 +166,11 @@ def main() -> None:
         synthetic = {"kind": "synthetic", "partitions": 4, "n_events": args.synthetic_events,
                      "label_delay_events": 20}
         rows = []
-        for wl_name, source in (("replay", replay), ("synthetic", synthetic)):
+        workloads = [] if args.only_memory else [("replay", replay), ("synthetic", synthetic)]
+        for wl_name, source in workloads:
             loop = plain_loop(make_config(source, 1, 1, tmpdir / f"{wl_name}-loop"),
                               tmpdir / f"{wl_name}-loop")
-            rows.append(fmt_row(f"{wl_name}: plain loop (1 process)", loop, None))
+            rows.append(fmt_row(f"{wl_name}: plain loop (1 process)", loop, loop["events_per_s"]))
             results[f"{wl_name}/loop"] = loop
             best = 0.0
             for n_ing, n_sc in ((1, 1), (1, 2), (2, 2)):
@@ -189,8 +193,8 @@ def main() -> None:
             mem = r["memory"]
             warm = [m for t, m in mem if t > 20]
             first, last = (warm[0], warm[-1]) if warm else (0, 0)
-            rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r,
-                                results["synthetic/loop"]["events_per_s"]))
+            loop_rate = results.get("synthetic/loop", {}).get("events_per_s")
+            rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r, loop_rate))
             results["memory"] = {"events": r["events"], "rss_after_20s_mib": first / 2**20,
                                  "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"]}
     ray.shutdown()

@@ -73,7 +73,6 @@ class KafkaReader:
         self._aligner = TopicAligner(max_wait_s=source.align_max_wait_s)
         self._fetched: dict[tuple[str, int], int] = {}  # next offset fetched, per side
         self._paused: set[Any] = set()
-        self._resume_at: dict[Any, int] = {}
         self._max_bytes = max_message_bytes
         self._poll_ms = max(1, int(poll_timeout_s * 1000))
         self._next: dict[str, int] = {}
@@ -122,12 +121,7 @@ class KafkaReader:
             finally:
                 self._in_rebalance = False
         for tp in revoked:
-            name = f"{tp.topic}[{tp.partition}]"
-            if self._aligner.held(self._topics[tp.topic], tp.partition) and name in self._next:
-                # Held messages are dropped below; if the partition comes back to us, reading
-                # must resume right after what was handed out (which is what was committed).
-                self._resume_at[tp] = self._next[name]
-            self._next.pop(name, None)
+            self._next.pop(f"{tp.topic}[{tp.partition}]", None)
             self._fetched.pop((self._topics[tp.topic], tp.partition), None)
             self._paused.discard(tp)
         # What is held unreleased was never committed: whoever owns it next reads it again.
@@ -137,10 +131,6 @@ class KafkaReader:
         self._assigned_at = time.monotonic()
         for tp in assigned:
             self._tps[f"{tp.topic}[{tp.partition}]"] = tp
-            offset = self._resume_at.pop(tp, None)
-            if offset is not None:
-                self._consumer.seek(tp, offset)  # local: no request inside the callback
-        self._resume_at.clear()  # partitions that went elsewhere: their owner resumes them
 
     def read(self, max_n: int) -> list[SourceMessage]:
         # poll returns as soon as records are there; the timeout only bounds an idle wait.

@@ -3,7 +3,9 @@
 Each test loads a stream into topics of its own, starts the pipeline, hits it with the
 fault while it is still busy, and then reads the predictions topic back: every event
 must be predicted (at-least-once), and whatever was predicted twice must come from
-after the offsets the group had committed when the fault hit.
+after the offsets the group had committed when the fault hit. The last test moves a
+partition away from an ingest actor and back, and checks that its committed offset
+never goes back in the log.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ import ray
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from actors.ingest import COMMIT_INTERVAL_S
 from pipelines.config import PipelineConfig
 from pipelines.runner import run_pipeline
 from tests.kafka_broker import broker_start, broker_stop
@@ -28,9 +31,18 @@ from tests.kafka_helpers import produce_loans, read_topic, wait_for
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ray_session")]
 
 OUTAGE_S = 10.0
-# Far above the ~1-2 k events/s the pipeline manages on a loaded 2-core box, and below
-# what would make a test take minutes: the fault must land while events are unread.
+# No message arrives from just before the broker stops until it serves again (its stop
+# takes ~1 s, its start 8-15 s): the source's idle stop must outlast all of that, or the
+# run would end, as configured, during the outage.
+IDLE_STOP_S = 40.0
+# The pipeline scores 2-5 k events/s on a 2-core box: the faults, which hit after the
+# first 1-2 k predictions, land with most of the stream unread, and a test still takes
+# well under two minutes.
 N_EVENTS = 20_000
+
+
+class Rewound(AssertionError):
+    """The group's committed offset went back in the log."""
 
 
 class Background:
@@ -43,6 +55,7 @@ class Background:
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.ended_at: float | None = None
+        self._config = config
         self._thread = threading.Thread(target=self._run, args=(config,), daemon=True,
                                         name="pipeline")
         self._thread.start()
@@ -71,18 +84,46 @@ class Background:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def result(self, timeout_s: float) -> dict[str, Any]:
+    def until(self, cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Wait for ``cond`` while the run lasts; a timeout names where the run stood."""
+        try:
+            wait_for(lambda: cond() or not self.running(), timeout_s, what)
+        except AssertionError as e:
+            last = {k: self.last.get(k) for k in ("events", "feedback", "predictions_written",
+                                                  "wall_s", "positions")}
+            raise AssertionError(f"{e}; last status: {last}; the broker has the group at "
+                                 f"{_committed(self._config)}") from None
+        assert self.running(), f"the run ended while waiting for {what}: {self.error!r}"
+
+    def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            # Do not leave a pipeline reading into the next test.
-            self.stop.set()
-            self._thread.join(60)
+
+    def result(self, timeout_s: float) -> dict[str, Any]:
+        self.join(timeout_s)
+        if self.running():
             raise AssertionError(f"the pipeline did not finish within {timeout_s}s "
                                  f"(last status: {self.last})")
         if self.error is not None:
             raise self.error
         assert self.summary is not None
         return self.summary
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[[PipelineConfig], Background]]:
+    """Starts pipelines in the background; stops what a failed test left running, so that
+    no run outlives its test (or the session's Ray)."""
+    runs: list[Background] = []
+
+    def start(config: PipelineConfig) -> Background:
+        runs.append(Background(config))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop.set()
+    for run in runs:
+        run.join(120)
 
 
 def _admin(config: PipelineConfig, call: Callable[[KafkaAdminClient], Any]) -> Any:
@@ -132,14 +173,13 @@ def _assignment(config: PipelineConfig) -> dict[str, list[int]]:
     return out
 
 
-def _produced(config: PipelineConfig, n_events: int) -> dict[str, tuple[int, int]]:
-    """Load ``n_events`` loans; their record_ids with (partition, offset), read back."""
-    counts = produce_loans(config, n_events)
+def _produced(config: PipelineConfig, n_events: int, *, seed: int = 7
+              ) -> dict[str, tuple[int, int]]:
+    """Load ``n_events`` loans; every record_id of the events topic, at (partition, offset)."""
+    counts = produce_loans(config, n_events, seed=seed)
     assert counts["events"] == n_events and counts["undecodable"] == 0
     events = read_topic(config.kafka.bootstrap_servers, config.kafka.topics.events)
-    out = {orjson.loads(m.value)["record_id"]: (m.partition, m.offset) for m in events}
-    assert len(out) == n_events
-    return out
+    return {orjson.loads(m.value)["record_id"]: (m.partition, m.offset) for m in events}
 
 
 def _predictions(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -158,15 +198,16 @@ def _duplicate_dead_letters(config: PipelineConfig) -> list[tuple[int, int]]:
     return out
 
 
-def test_pipeline_broker_outage_resumes_without_loss(make_kafka_config: Any) -> None:
-    # The source's idle stop must outlast the outage, or the run would end during it.
-    config = make_kafka_config(source={"idle_stop_s": 2.5 * OUTAGE_S},
+def test_pipeline_broker_outage_resumes_without_loss(
+        make_kafka_config: Any, background: Any) -> None:
+    config = make_kafka_config(source={"idle_stop_s": IDLE_STOP_S},
                                runtime={"progress_interval_s": 0.2})
     produced = _produced(config, N_EVENTS)
-    run = Background(config)
+    assert len(produced) == N_EVENTS
+    run = background(config)
 
-    wait_for(lambda: run.written >= 2_000 or not run.running(), 120, "predictions to flow")
-    assert run.running() and run.written < N_EVENTS, \
+    run.until(lambda: run.written >= 2_000, 120, "predictions to flow")
+    assert run.written < N_EVENTS, \
         f"the stream was done before the outage; raise N_EVENTS ({run.last})"
     status_before = _events_positions(config, run.last["positions"])
     committed_before = _committed(config)
@@ -179,6 +220,8 @@ def test_pipeline_broker_outage_resumes_without_loss(make_kafka_config: Any) -> 
     finally:
         broker_start()
     outage_s = time.monotonic() - outage_started
+    assert outage_s < IDLE_STOP_S - 10, \
+        f"the broker took {outage_s:.0f}s to come back: raise IDLE_STOP_S"
 
     summary = run.result(timeout_s=180)
 
@@ -203,13 +246,13 @@ def test_pipeline_broker_outage_resumes_without_loss(make_kafka_config: Any) -> 
 
 
 def test_pipeline_stop_then_restart_resumes_at_committed_offsets(
-        make_kafka_config: Any) -> None:
+        make_kafka_config: Any, background: Any) -> None:
     config = make_kafka_config(runtime={"progress_interval_s": 0.2})
     produced = _produced(config, N_EVENTS)
+    assert len(produced) == N_EVENTS
 
-    first = Background(config)
-    wait_for(lambda: first.written >= 2_000 or not first.running(), 120,
-             "predictions to flow")
+    first = background(config)
+    first.until(lambda: first.written >= 2_000, 120, "predictions to flow")
     first.stop.set()
     summary1 = first.result(timeout_s=120)
     assert summary1["stopped_early"]
@@ -235,38 +278,84 @@ def test_pipeline_stop_then_restart_resumes_at_committed_offsets(
           f"second {summary2['events']} in {summary2['wall_s']}s; committed {committed}")
 
 
-def test_ingest_scale_out_rebalances_without_loss(make_kafka_config: Any) -> None:
-    config = make_kafka_config(ingest={"n_actors": 2}, runtime={"progress_interval_s": 0.2})
-    produced = _produced(config, N_EVENTS)
-    run = Background(config)
+def _members(config: PipelineConfig, run: Background, n: int) -> dict[str, list[int]]:
+    """Once the group is stable with ``n`` members that all own events partitions: who owns what."""
+    members: dict[str, list[int]] = {}
 
-    wait_for(lambda: run.written >= 1_000 or not run.running(), 120, "predictions to flow")
-    assert run.running() and run.supervisor is not None
+    def settled() -> bool:
+        nonlocal members
+        members = _assignment(config)
+        return len(members) == n and all(members.values())
+
+    run.until(settled, 60, f"the group to settle on {n} members")
+    return members
+
+
+def test_ingest_scale_out_rebalances_without_loss(make_kafka_config: Any, background: Any) -> None:
+    # The idle stop covers the time from the scale-out to the second load.
+    config = make_kafka_config(ingest={"n_actors": 2}, source={"idle_stop_s": 15.0},
+                               runtime={"progress_interval_s": 0.2})
+    half = N_EVENTS // 2
+    produced = _produced(config, half)
+    assert len(produced) == half
+    run = background(config)
+
+    run.until(lambda: run.written >= 1_000, 120, "predictions to flow")
+    assert run.supervisor is not None
+    assert run.written < half, "the first load was done before the scale-out; raise N_EVENTS"
     assert ray.get(run.supervisor.scale_ingest.remote(3)) == 3
-    seen: dict[str, list[int]] = {}
+    members = _members(config, run, 3)
+    assert set(members) == {"ingest-0", "ingest-1", "ingest-2"}, members
+    # A second load after the rebalance: every member, the new one too, has records to
+    # read however fast the first load went.
+    produced = _produced(config, half, seed=8)
+    assert len(produced) == N_EVENTS
+    run.until(lambda: run.written >= N_EVENTS, 120, "the second load to be predicted")
+    assert _assignment(config) == members, "the group rebalanced again during the second load"
 
-    def three_members() -> bool:
-        nonlocal seen
-        seen = _assignment(config)
-        return len(seen) == 3 and all(seen.values())
-
-    wait_for(lambda: three_members() or not run.running(), 60,
-             "the group to rebalance onto three members")
-    assert set(seen) == {"ingest-0", "ingest-1", "ingest-2"}, seen
-    # The new member got partitions with records still unread: it took part.
-    committed = _committed(config)
-    ends = Counter(p for p, _ in produced.values())
-    assert any(committed.get(p, 0) < ends[p] for p in seen["ingest-2"]), \
-        f"the stream was done before the rebalance; raise N_EVENTS ({committed}, {seen})"
-
-    summary = run.result(timeout_s=180)
+    summary = run.result(timeout_s=120)
 
     predictions = _predictions(config)
     times = Counter(p["record_id"] for p in predictions)
     assert set(times) == set(produced), "events lost in the rebalance"
     assert summary["events"] >= N_EVENTS
-    final = _committed(config)
-    assert final == dict(ends), "the group did not commit every event"
     duplicates = sum(n - 1 for n in times.values())
-    print(f"\nscale-out: members {seen}; {duplicates} predicted twice, "
-          f"{summary['duplicates']} dropped as seen; run {summary['wall_s']}s")
+    print(f"\nscale-out: members {members}; {duplicates} predicted twice, "
+          f"{summary['duplicates']} dropped as seen; run {summary['wall_s']}s; "
+          f"committed at the end {_committed(config)}")
+
+
+def test_ingest_partition_moved_back_commit_not_rewound(
+        make_kafka_config: Any, background: Any) -> None:
+    # Endless source: the run ends by stop, after the checks, not by an idle timer.
+    config = make_kafka_config(ingest={"n_actors": 2}, source={"idle_stop_s": None},
+                               runtime={"progress_interval_s": 0.2})
+    quarter = N_EVENTS // 4
+    produced = _produced(config, quarter)
+    run = background(config)
+    run.until(lambda: sum(_committed(config).values()) == quarter, 120,
+              "the first load to be committed")
+    before = _committed(config)
+    assert set(before) == {0, 1, 2, 3}
+
+    # Partition 3 goes from ingest-1 to the new ingest-2, which reads a second load...
+    assert ray.get(run.supervisor.scale_ingest.remote(3)) == 3
+    assert 3 in _members(config, run, 3)["ingest-2"]
+    produced = _produced(config, quarter, seed=8)
+    ends = dict(Counter(p for p, _ in produced.values()))
+    run.until(lambda: _committed(config) == ends, 120, "the second load to be committed")
+    # ...and comes back to ingest-1 when ingest-2 is retired (drained, committed).
+    assert ray.get(run.supervisor.scale_ingest.remote(2)) == 2
+    assert 3 in _members(config, run, 2)["ingest-1"]
+    # Nothing new to read: the group's offsets must stay at the end of the log while
+    # ingest-1 commits, as it does every COMMIT_INTERVAL_S.
+    deadline = time.monotonic() + 6 * COMMIT_INTERVAL_S
+    try:
+        while time.monotonic() < deadline:
+            committed = _committed(config)
+            if committed != ends:
+                raise Rewound(f"committed {committed}, log ends {ends}, "
+                              f"first load ended at {before}")
+    finally:
+        run.stop.set()
+        run.result(timeout_s=120)
