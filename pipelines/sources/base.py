@@ -12,11 +12,28 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+import orjson
 from kafka.partitioner.default import murmur2
 
 from pipelines.protocol import SourceMessage
 
-__all__ = ["PartitionLog", "RateLimiter", "SourceReader", "partition_of"]
+__all__ = ["PartitionLog", "RateLimiter", "SourceReader", "decode_json_object", "partition_of"]
+
+
+def decode_json_object(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """``(object, None)`` for a JSON object, else ``(None, why not)``: the decode step every
+    source shares (a failure becomes a dead letter).
+
+    >>> decode_json_object(b'[1]')
+    (None, 'expected a JSON object, got list')
+    """
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return None, f"invalid JSON: {e}"
+    if not isinstance(payload, dict):
+        return None, f"expected a JSON object, got {type(payload).__name__}"
+    return payload, None
 
 
 @functools.lru_cache(maxsize=262_144)  # keys repeat; murmur2 is pure Python (~5 us)

@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
 from pipelines.config import FileSourceConfig
 from pipelines.errors import SourceError
 from pipelines.protocol import SourceMessage
-from pipelines.sources.base import PartitionLog, RateLimiter, partition_of
+from pipelines.sources.base import (
+    PartitionLog,
+    RateLimiter,
+    decode_json_object,
+    partition_of,
+)
 
 __all__ = ["FileReader", "split_row"]
 
@@ -111,13 +114,7 @@ class FileReader:
             if len(fields) != len(self._header):
                 return None, f"row has {len(fields)} fields, the header has {len(self._header)}"
             return {h: _csv_value(v) for h, v in zip(self._header, fields, strict=True)}, None
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            return None, f"invalid JSON: {e}"
-        if not isinstance(row, dict):
-            return None, f"expected a JSON object, got {type(row).__name__}"
-        return row, None
+        return decode_json_object(line)
 
     def _read_line(self) -> bytes | None:
         pos = self._file.tell()

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from pipelines.config import KafkaConfig, KafkaSourceConfig
 from pipelines.kafka import client_options
 from pipelines.protocol import SourceMessage
 from pipelines.sources.align import TopicAligner
+from pipelines.sources.base import decode_json_object
 
 __all__ = ["KafkaReader", "decode_value"]
 
@@ -41,12 +40,9 @@ def decode_value(value: bytes | None, key: bytes | None, *, max_bytes: int,
         return None, "null value (a tombstone is not an event)"
     if len(value) > max_bytes:
         return None, f"message of {len(value)} bytes exceeds max_message_bytes ({max_bytes})"
-    try:
-        payload = orjson.loads(value)
-    except orjson.JSONDecodeError as e:
-        return None, f"invalid JSON: {e}"
-    if not isinstance(payload, dict):
-        return None, f"expected a JSON object, got {type(payload).__name__}"
+    payload, error = decode_json_object(value)
+    if payload is None:
+        return None, error
     if require_key:
         expected = payload.get("key")
         if key is None:

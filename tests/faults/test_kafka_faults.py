@@ -41,6 +41,14 @@ IDLE_STOP_S = 40.0
 N_EVENTS = 20_000
 
 
+# A known product bug, open in issue 3: messages the timestamp aligner holds are dropped
+# on revoke, and kafka-python resumes a partition that comes back to the same member
+# after them, so they are never read. These tests catch it on some runs.
+HELD_MESSAGES_LOST = pytest.mark.xfail(strict=False, reason=(
+    "issue 3: held messages dropped on revoke are not re-read (loses 100-200 events on some "
+    "runs)"))
+
+
 class Rewound(AssertionError):
     """The group's committed offset went back in the log."""
 
@@ -245,8 +253,7 @@ def test_pipeline_broker_outage_resumes_without_loss(
           f"run {summary['wall_s']}s")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes alone, failed in the full CI-clone run of 2026-11-28 (under load): open in issue 3"))
+@HELD_MESSAGES_LOST
 def test_pipeline_stop_then_restart_resumes_at_committed_offsets(
         make_kafka_config: Any, background: Any) -> None:
     config = make_kafka_config(runtime={"progress_interval_s": 0.2})
@@ -327,8 +334,7 @@ def test_ingest_scale_out_rebalances_without_loss(make_kafka_config: Any, backgr
           f"committed at the end {_committed(config)}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes alone, failed in the full CI-clone run of 2026-11-28 (under load): open in issue 3"))
+@HELD_MESSAGES_LOST
 def test_ingest_partition_moved_back_commit_not_rewound(
         make_kafka_config: Any, background: Any) -> None:
     # Endless source: the run ends by stop, after the checks, not by an idle timer.
