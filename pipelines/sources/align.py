@@ -3,22 +3,37 @@
 Events and feedback live in two topics. Consumed independently, one runs ahead of the
 other — after a backlog, a consumer may read thousands of labels before their events,
 or score thousands of events before a single label, and the model learns late. Like
-Kafka Streams' timestamp synchronisation, the aligner releases a partition's messages
-in timestamp order (an event before feedback of the same millisecond) and holds one
-side while the other is empty but known to have more on the broker, for at most
-``max_wait_s``.
+Kafka Streams' timestamp synchronisation (KIP-695, ``max.task.idle.ms``), the aligner
+releases a partition's messages in timestamp order (an event before feedback of the
+same millisecond). While one side has nothing held, the other side waits on that
+side's lag on the broker:
+
+- lag known and > 0 (the fetched position is behind the high watermark): older
+  messages may be on their way, so the other side is held, for as long as it takes.
+  Memory stays bounded: the reader pauses a side once it holds ``align_max_held``.
+- lag unknown (no fetch response for that side yet): held for at most ``max_wait_s``.
+- lag 0 (caught up, or the side is not ours): released at once.
 
 >>> from pipelines.protocol import SourceMessage
 >>> def m(kind, ts): return SourceMessage(kind, 0, int(ts), kind, {}, b"", None, ts)
+>>> def lag_of(n):
+...     return lambda kind, partition: n
 >>> a = TopicAligner(max_wait_s=1.0)
 >>> a.add([m("feedback", 5.0), m("feedback", 9.0)])
->>> a.release(lambda kind, p: False, now=0.0)      # events may still come: hold
+>>> a.release(lag_of(3), now=0.0)      # events on the broker, not fetched yet: hold
+[]
+>>> a.release(lag_of(3), now=60.0)     # however long it takes
 []
 >>> a.add([m("event", 4.0), m("event", 7.0)])
->>> [(x.kind, x.timestamp) for x in a.release(lambda kind, p: False, now=0.0)]
+>>> [(x.kind, x.timestamp) for x in a.release(lag_of(3), now=60.0)]
 [('event', 4.0), ('feedback', 5.0), ('event', 7.0)]
->>> [(x.kind, x.timestamp) for x in a.release(lambda kind, p: True, now=0.0)]  # caught up
+>>> a.release(lag_of(None), now=60.0)  # lag unknown: wait up to max_wait_s...
+[]
+>>> [(x.kind, x.timestamp) for x in a.release(lag_of(None), now=61.0)]  # ...then go
 [('feedback', 9.0)]
+>>> a.add([m("event", 12.0)])
+>>> [(x.kind, x.timestamp) for x in a.release(lag_of(0), now=61.0)]  # caught up: go
+[('event', 12.0)]
 """
 
 from __future__ import annotations
@@ -28,16 +43,21 @@ from collections.abc import Callable
 
 from pipelines.protocol import SourceMessage
 
-__all__ = ["TopicAligner"]
+__all__ = ["Lag", "TopicAligner"]
 
 _OTHER = {"event": "feedback", "feedback": "event"}
+
+Lag = Callable[[str, int], int | None]
+"""``lag(kind, partition)``: messages of that side on the broker not fetched yet; 0 when
+caught up (or when the side is not ours to wait for), None when not known yet."""
 
 
 class TopicAligner:
     def __init__(self, *, max_wait_s: float = 0.5) -> None:
         self.max_wait_s = max_wait_s
         self._buf: dict[tuple[str, int], deque[SourceMessage]] = {}
-        self._blocked_since: dict[int, float] = {}
+        # partition -> since when one side has waited on the other's unknown lag
+        self._unknown_since: dict[int, float] = {}
 
     def add(self, messages: list[SourceMessage]) -> None:
         for msg in messages:
@@ -47,36 +67,50 @@ class TopicAligner:
                 q = self._buf[key] = deque()
             q.append(msg)
 
-    def release(self, caught_up: Callable[[str, int], bool], *, now: float
-                ) -> list[SourceMessage]:
+    def release(self, lag: Lag, *, now: float) -> list[SourceMessage]:
         """What may go now, per partition in timestamp order.
 
-        ``caught_up(kind, partition)`` tells whether that side has nothing more on the
-        broker right now (its position is at the high watermark).
+        ``lag`` is asked at most once per partition and call, and only when one side of
+        the partition has nothing held.
         """
         out: list[SourceMessage] = []
         for p in sorted({p for _, p in self._buf}):
             ev = self._buf.get(("event", p)) or deque()
             fb = self._buf.get(("feedback", p)) or deque()
-            while ev or fb:
-                if ev and fb:
-                    src = ev if ev[0].timestamp <= fb[0].timestamp else fb
-                    self._blocked_since.pop(p, None)
-                else:
-                    src = ev or fb
-                    missing = "feedback" if src is ev else "event"
-                    if caught_up(missing, p):
-                        self._blocked_since.pop(p, None)
-                    elif now - self._blocked_since.setdefault(p, now) < self.max_wait_s:
-                        break  # the other side may hold something older: wait a little
-                    # else: waited long enough; this side goes until the other shows up
-                out.append(src.popleft())
+            while ev and fb:
+                out.append((ev if ev[0].timestamp <= fb[0].timestamp else fb).popleft())
+            src = ev or fb
+            if not src:
+                self._unknown_since.pop(p, None)
+                continue
+            behind = lag(_OTHER[src[0].kind], p)
+            if behind is None:
+                since = self._unknown_since.setdefault(p, now)
+                if now - since < self.max_wait_s:
+                    continue  # the other side may hold something older: wait a little
+                # Waited long enough: this side goes (and keeps going while unknown).
+            elif behind > 0:
+                self._unknown_since.pop(p, None)
+                continue  # older messages may be on their way: wait for them
+            else:
+                self._unknown_since.pop(p, None)
+            out.extend(src)
+            src.clear()
         return out
 
-    def drop(self, partitions: set[tuple[str, int]]) -> None:
-        """Forget what is held for partitions taken away (another member re-reads it)."""
+    def drop(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Forget what is held for partitions taken away.
+
+        Returns, per ``(kind, partition)`` that held messages, the offset of the oldest:
+        the first offset not handed out, where reading must resume to see them again.
+        """
+        first: dict[tuple[str, int], int] = {}
         for key in partitions:
-            self._buf.pop(key, None)
+            q = self._buf.pop(key, None)
+            if q:
+                first[key] = q[0].offset
+            self._unknown_since.pop(key[1], None)
+        return first
 
     def held(self, kind: str, partition: int) -> int:
         q = self._buf.get((kind, partition))

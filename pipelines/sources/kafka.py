@@ -3,6 +3,9 @@
 Offsets are never committed on a timer: the ingest actor commits a position only once
 the sink has acknowledged every record before it, and before giving partitions up in
 a rebalance it drains what is in flight and commits (at-least-once, few duplicates).
+What the timestamp aligner holds at a revoke was never handed out, so never committed:
+it is dropped, and read again by the next owner, or by this reader if the partition
+comes back to it.
 """
 
 from __future__ import annotations
@@ -67,14 +70,17 @@ class KafkaReader:
         self._topics = {kafka.topics.events: "event", kafka.topics.feedback: "feedback"}
         self._topic_of = {kind: topic for topic, kind in self._topics.items()}
         self._aligner = TopicAligner(max_wait_s=source.align_max_wait_s)
-        self._fetched: dict[tuple[str, int], int] = {}  # next offset fetched, per side
         self._paused: set[Any] = set()
+        # Per partition revoked while we held messages of it: the first offset not handed
+        # out. Used by the next assignment only (see _assigned).
+        self._rewind: dict[Any, int] = {}
         self._max_bytes = max_message_bytes
         self._poll_ms = max(1, int(poll_timeout_s * 1000))
         self._next: dict[str, int] = {}
         self._tps: dict[str, Any] = {}
         self._on_revoke = on_revoke
-        self._last_message = time.monotonic()
+        self._last_message = time.monotonic()  # handed out
+        self._last_fetch = time.monotonic()
         self._assigned_at: float | None = None
         self._in_rebalance = False
         self.counts = {"commits": 0, "commit_failures": 0, "rebalances": 0}
@@ -95,7 +101,10 @@ class KafkaReader:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                reader._revoked(revoked)
+                reader._revoked(revoked, lost=False)
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                reader._revoked(lost, lost=True)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 reader._assigned(assigned)
@@ -106,27 +115,59 @@ class KafkaReader:
             self._consumer.partitions_for_topic(topic)
         self._consumer.subscribe(topics=list(self._topics), listener=Listener())
 
-    def _revoked(self, revoked: Any) -> None:
+    def _revoked(self, revoked: Any, *, lost: bool) -> None:
         self.counts["rebalances"] += 1
-        if revoked and self._on_revoke is not None:
-            # Drain and commit while the partitions are still ours. The callback runs on
-            # the consumer's own event loop, so the commit must not block it (see commit).
-            self._in_rebalance = True
-            try:
-                self._on_revoke({f"{tp.topic}[{tp.partition}]" for tp in revoked})
-            finally:
-                self._in_rebalance = False
+        try:
+            if revoked and self._on_revoke is not None:
+                # Drain and commit while the partitions are still ours (when lost, the
+                # commit fails, but the drain still hands everything read to the sink).
+                # The callback runs on the consumer's own event loop, so the commit must
+                # not block it (see commit).
+                self._in_rebalance = True
+                try:
+                    self._on_revoke({f"{tp.topic}[{tp.partition}]" for tp in revoked})
+                finally:
+                    self._in_rebalance = False
+        finally:
+            self._forget(revoked, lost=lost)
+
+    def _forget(self, revoked: Any, *, lost: bool) -> None:
+        from kafka.structs import TopicPartition
+
         for tp in revoked:
             self._next.pop(f"{tp.topic}[{tp.partition}]", None)
-            self._fetched.pop((self._topics[tp.topic], tp.partition), None)
-            self._paused.discard(tp)
-        # What is held unreleased was never committed: whoever owns it next reads it again.
-        self._aligner.drop({(self._topics[tp.topic], tp.partition) for tp in revoked})
+            if lost:
+                # Another member may have read on since we lost it: its committed offset
+                # (which kafka-python fetches, having dropped our position) is the truth.
+                self._rewind.pop(tp, None)
+        # kafka-python keeps a partition's paused flag when it is assigned back: nothing
+        # of it is held any more, so nothing of it is ahead.
+        paused = set(revoked) & self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+        self._paused.difference_update(revoked)
+        # What is held unreleased was never handed out, so never committed.
+        first = self._aligner.drop({(self._topics[tp.topic], tp.partition) for tp in revoked})
+        if not lost:
+            for (kind, partition), offset in first.items():
+                tp = TopicPartition(self._topic_of[kind], partition)
+                self._rewind[tp] = min(offset, self._rewind.get(tp, offset))
 
     def _assigned(self, assigned: Any) -> None:
         self._assigned_at = time.monotonic()
         for tp in assigned:
             self._tps[f"{tp.topic}[{tp.partition}]"] = tp
+        # A partition revoked and assigned back in the same (eager) rebalance keeps its
+        # fetch position in kafka-python (assign_from_subscribed), which is past the held
+        # messages we dropped: read again from the first of them. Only those partitions,
+        # and only right after our own revoke: one that went elsewhere meanwhile resumes
+        # at its new owner's commits, and one lost (membership expired) was forgotten, as
+        # kafka-python forgot its position. So a seek only moves back over messages we
+        # held, never over what another member read and committed since.
+        rewind, self._rewind = self._rewind, {}
+        for tp, offset in rewind.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)  # local: no request inside the callback
 
     def read(self, max_n: int) -> list[SourceMessage]:
         # poll returns as soon as records are there; the timeout only bounds an idle wait.
@@ -144,37 +185,41 @@ class KafkaReader:
                 fetched.append(SourceMessage(tp.topic, tp.partition, m.offset, kind, payload,
                                              m.value if m.value is not None else b"", error,
                                              m.timestamp / 1000.0, m.key))
-            if messages:
-                self._fetched[(kind, tp.partition)] = messages[-1].offset + 1
+        now = time.monotonic()
+        if fetched:
+            self._last_fetch = now
         if not self._source.align_topics:
             out = fetched
         else:
             self._aligner.add(fetched)
-            out = self._aligner.release(self._caught_up, now=time.monotonic())
+            out = self._aligner.release(self._lag, now=now)
             self._pause_runaways()
         for msg in out:  # positions move with what is handed out, not with what is held
             self._next[f"{msg.topic}[{msg.partition}]"] = msg.offset + 1
         if out:
-            self._last_message = time.monotonic()
+            self._last_message = now
         return out
 
-    def _caught_up(self, kind: str, partition: int) -> bool:
-        """Nothing more of that side is on the broker now (or it is not ours to wait for)."""
+    def _lag(self, kind: str, partition: int) -> int | None:
+        """Messages of that side on the broker and not yet read (see TopicAligner)."""
+        from kafka.errors import KafkaError
         from kafka.structs import TopicPartition
 
         tp = TopicPartition(self._topic_of[kind], partition)
         if tp not in self._consumer.assignment():
-            return True
+            return 0  # not ours (revoked, or that topic has fewer partitions): no wait
         highwater = self._consumer.highwater(tp)
-        if highwater is None:  # no fetch response yet for it: unknown, so not caught up
-            return False
-        position = self._fetched.get((kind, partition))
+        if highwater is None:  # no fetch response for it yet
+            return None
+        try:
+            # The consumer's position, not the last offset we saw: it also moves over
+            # offsets that carry no record (transaction markers, compacted gaps).
+            position = self._consumer.position(tp, timeout_ms=0)
+        except KafkaError:
+            return None
         if position is None:
-            try:
-                position = self._consumer.position(tp, timeout_ms=0)
-            except Exception:  # position not known yet
-                return False
-        return position is not None and position >= highwater
+            return None
+        return max(highwater - position, 0)
 
     def _pause_runaways(self) -> None:
         # A side far ahead of the other is paused instead of buffered without bound.
@@ -190,10 +235,26 @@ class KafkaReader:
 
     @property
     def exhausted(self) -> bool:
+        """Nothing arrived, nor was handed out, for ``idle_stop_s``.
+
+        Held messages normally go within ``align_max_wait_s``, or as soon as the other
+        side's known lag is read; while they wait, the run goes on. Held past the idle
+        time plus that wait with nothing read, the other side's fetch is stuck (say, the
+        broker is away): the run ends anyway, and as held messages were never handed
+        out, they were never committed either, so the next run reads them.
+        """
         idle = self._source.idle_stop_s
-        if idle is None or self._assigned_at is None or self._aligner.n_held:
+        if idle is None or self._assigned_at is None:
             return False
-        return time.monotonic() - max(self._last_message, self._assigned_at) > idle
+        quiet = time.monotonic() - max(self._last_message, self._last_fetch, self._assigned_at)
+        if self._aligner.n_held:
+            return quiet > idle + self._source.align_max_wait_s
+        return quiet > idle
+
+    @property
+    def n_held(self) -> int:
+        """Messages read from the broker and not handed out yet (waiting for alignment)."""
+        return self._aligner.n_held
 
     def positions(self) -> dict[str, int]:
         return dict(self._next)
@@ -212,13 +273,20 @@ class KafkaReader:
             if self._in_rebalance:
                 # Queued on the consumer's loop ahead of the group rejoin; the broker takes
                 # commits of the old generation while the group prepares to rebalance.
-                self._consumer.commit_async(offsets=offsets)
+                # Its outcome is counted when known (on a later poll).
+                self._consumer.commit_async(offsets=offsets, callback=self._commit_done)
             else:
                 self._consumer.commit(offsets=offsets)
-            self.counts["commits"] += 1
+                self.counts["commits"] += 1
         except KafkaError as e:  # the broker is away or the group rebalances: retried later
+            self._commit_done(offsets, e)
+
+    def _commit_done(self, offsets: dict[Any, Any], result: Any) -> None:
+        if isinstance(result, BaseException):
             self.counts["commit_failures"] += 1
-            log.warning("commit of %d offsets failed: %s", len(offsets), e)
+            log.warning("commit of %d offsets failed: %s", len(offsets), result)
+        else:
+            self.counts["commits"] += 1
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
