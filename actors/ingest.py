@@ -7,10 +7,16 @@ slows reading instead of growing memory. A batch goes out when it holds
 
 Positions are committed to the source only once the sink has acknowledged every
 record before them (at-least-once).
+
+Checkpoints: on ``barrier`` the actor sends out everything it has routed, records its
+source positions and its dedupe memory, and sends each scorer a barrier behind the
+data. With several ingest actors it then holds (reads nothing) until ``resume``, so
+that no scorer sees a record after the positions before every barrier has arrived.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -19,7 +25,9 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
+from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import PipelineConfig
+from pipelines.faults import Drills
 from pipelines.ingest import IngestCore, PositionTracker
 from pipelines.models import Task
 from pipelines.protocol import Batch, Event, Feedback, SinkBatch, encode_batch
@@ -28,16 +36,29 @@ from pipelines.sources import open_pipeline_reader
 COMMIT_INTERVAL_S = 0.5  # commit acknowledged positions at most this often (and at the end)
 
 
-@ray.remote(max_restarts=0, max_concurrency=2)  # run() in one thread; stop()/stats() beside it
+BARRIER_TIMEOUT_S = 60.0
+
+
+# run() in one thread; barrier (which waits for the loop), stop, stats, ping beside it.
+@ray.remote(max_restarts=0, max_concurrency=4)
 class IngestActor:
     def __init__(self, config: PipelineConfig, *, name: str, partitions: list[int], task: Task,
                  scorers: list[ActorHandle], sink: ActorHandle,
-                 positions: dict[str, int] | None = None) -> None:
+                 store_url: str | None = None, restore: dict[str, Any] | None = None) -> None:
+        Drills(config.runtime.fault_drills, name).fire("start")
         self.name = name
         self._config = config
         self._cfg = config.ingest
         self._partitions = partitions
         self._core = IngestCore(config, task=task)
+        self._store = CheckpointStore(store_url) if store_url else None
+        positions = None
+        if restore is not None:
+            assert self._store is not None
+            manifest = Manifest.model_validate(restore)
+            positions = manifest.positions
+            if name in manifest.parts:
+                self._core.restore(loads_state(self._store.read_part(manifest, name)))
         self._reader = open_pipeline_reader(config, partitions, positions,
                                             on_revoke=self._drain, client_id=name)
         self._scorers = scorers
@@ -47,7 +68,9 @@ class IngestActor:
         n = len(scorers)
         self._buffers: list[list[Event | Feedback]] = [[] for _ in range(n)]
         self._since = [0.0] * n   # when each buffer got its first item
-        self._oldest = [0] * n    # the oldest chunk each buffer holds
+        # Per buffer, [chunk, items] of what it holds, oldest first: a cut batch takes its
+        # items from the front, and the rest still knows its oldest chunk.
+        self._segments: list[deque[list[int]]] = [deque() for _ in range(n)]
         self._lanes: list[deque[ray.ObjectRef]] = [deque() for _ in range(n + 1)]  # [n]: dead
         self._lane_of: dict[ray.ObjectRef, int] = {}
         self._seq = 0
@@ -60,13 +83,58 @@ class IngestActor:
         self._finished_at: float | None = None
         self._first_read_at: float | None = None  # throughput is measured from here...
         self._last_ack_at: float | None = None    # ...to here: not the idle time around
+        self._running = False
+        self._aborted = False
+        self._barrier_lock = threading.Lock()
+        self._barrier_request: tuple[str, int, int, bool] | None = None
+        self._barrier_done = threading.Event()
+        self._barrier_result: dict[str, Any] | None = None
+        self._hold = threading.Event()   # set: hold reading until resume()
+        self._checkpoint_pause_s = 0.0
 
     def ready(self) -> str:
         return self.name
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def stop(self) -> None:
         """Stop reading; what was read is still scored and written before run() returns."""
         self._stop.set()
+        self._hold.clear()
+
+    def abort(self) -> None:
+        """Stop at once, commit nothing, leave the consumer group (before a restart)."""
+        self._aborted = True
+        self._stop.set()
+        self._hold.clear()
+        if not self._running:
+            self._reader.close()
+
+    def barrier(self, ckpt: str, seq: int, n_inputs: int, hold: bool) -> dict[str, Any] | None:
+        """Checkpoint ``ckpt``: the run loop sends a barrier to every scorer behind what it
+        routed; returns the positions, this actor's part and the scorers' part refs (None
+        if the actor is done reading: the checkpoint is then abandoned)."""
+        with self._barrier_lock:
+            if not self._running:
+                return None
+            self._barrier_done.clear()
+            self._barrier_result = None
+            self._barrier_request = (ckpt, seq, n_inputs, hold)
+        if not self._barrier_done.wait(BARRIER_TIMEOUT_S):
+            return None
+        return self._barrier_result
+
+    def resume(self) -> None:
+        """The checkpoint is committed (or abandoned): read on."""
+        self._hold.clear()
+
+    def part(self, ckpt: str) -> dict[str, Any]:
+        """This actor's part of a checkpoint taken after it finished (nothing in flight)."""
+        assert self._store is not None and not self._running
+        part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
+        return {"name": self.name, "part": part.model_dump(),
+                "positions": self._reader.positions()}
 
     def stats(self) -> dict[str, Any]:
         return {**self._core.counts, "acked": dict(self._acked), "partitions": self._partitions,
@@ -74,15 +142,34 @@ class IngestActor:
                 "started_at": self._started_at, "finished_at": self._finished_at,
                 "first_read_at": self._first_read_at, "last_ack_at": self._last_ack_at,
                 "in_flight_peak": self._in_flight_peak,
-                "buffered": sum(len(b) for b in self._buffers)}
+                "buffered": sum(len(b) for b in self._buffers),
+                "positions": self._reader.positions(),
+                "checkpoint_pause_s": self._checkpoint_pause_s}
 
     def run(self) -> dict[str, Any]:
         """Read until the source is exhausted or stop() is called; drain; return stats."""
+        self._running = True
+        try:
+            return self._run()
+        finally:
+            with self._barrier_lock:
+                self._running = False
+                if self._barrier_request is not None:  # asked for too late: abandoned
+                    self._barrier_request = None
+                    self._barrier_done.set()
+
+    def _run(self) -> dict[str, Any]:
         reader = self._reader
         self._started_at = time.time()
         while True:
+            if self._aborted:
+                reader.close()
+                return self.stats()
+            if self._barrier_request is not None:
+                self._inject_barrier()
             finishing = self._stop.is_set() or reader.exhausted
-            messages = [] if finishing else reader.read(self._cfg.batch_size)
+            holding = self._hold.is_set()
+            messages = [] if finishing or holding else reader.read(self._cfg.batch_size)
             if messages:
                 if self._first_read_at is None:
                     self._first_read_at = time.time()
@@ -101,6 +188,24 @@ class IngestActor:
         self._finished_at = time.time()
         return self.stats()
 
+    def _inject_barrier(self) -> None:
+        assert self._barrier_request is not None and self._store is not None
+        ckpt, seq, n_inputs, hold = self._barrier_request
+        started = time.monotonic()
+        self._flush(force=True)  # everything routed goes out ahead of the barrier
+        positions = self._reader.positions()
+        part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
+        refs = [scorer.barrier.remote(ckpt, seq, n_inputs) for scorer in self._scorers]
+        if hold:
+            self._hold.set()
+        with self._barrier_lock:
+            self._barrier_result = {"name": self.name, "positions": positions,
+                                    "part": part.model_dump(), "scorer_parts": refs,
+                                    "events": self._core.counts["events"]}
+            self._barrier_request = None
+            self._barrier_done.set()
+        self._checkpoint_pause_s += time.monotonic() - started
+
     # -- the steps of the loop ---------------------------------------------------------
     def _route(self, messages: list) -> None:
         routed, dead = self._core.route(messages)
@@ -114,8 +219,9 @@ class IngestActor:
         for s, items in enumerate(routed):
             if items:
                 if not self._buffers[s]:
-                    self._since[s], self._oldest[s] = now, chunk
+                    self._since[s] = now
                 self._buffers[s].extend(items)
+                self._segments[s].append([chunk, len(items)])
 
     def _flush(self, *, force: bool) -> None:
         now = time.monotonic()
@@ -127,14 +233,28 @@ class IngestActor:
                 # Batches never exceed batch_size: a large read is cut into several.
                 head, buf = buf[:size], buf[size:]
                 self._buffers[s] = buf
+                oldest = self._take_segments(s, len(head))
                 data = encode_batch(Batch(self._seq, head))
                 self._seq += 1
                 scorer = self._scorers[s]
                 # The scorer's output goes to the sink by reference: it never comes back here.
-                self._send(s, self._oldest[s],
+                self._send(s, oldest,
                            lambda sc=scorer, d=data: self._sink.write.remote(sc.process.remote(d)))
                 if buf and len(buf) < size and not force:
                     self._since[s] = now  # the rest waits for its own linger
+
+    def _take_segments(self, s: int, n: int) -> int:
+        """Take ``n`` items' segments off buffer ``s``; the oldest chunk among them."""
+        segments = self._segments[s]
+        oldest = segments[0][0]
+        while n:
+            head = segments[0]
+            took = min(n, head[1])
+            head[1] -= took
+            n -= took
+            if not head[1]:
+                segments.popleft()
+        return oldest
 
     def _send(self, lane: int, chunk: int, submit: Any) -> None:
         # Backpressure: wait for the oldest unit of this lane while it is full.
@@ -167,7 +287,7 @@ class IngestActor:
             self._last_ack_at = time.time()
 
     def _commit(self, *, force: bool) -> None:
-        pending = [self._oldest[s] for s, buf in enumerate(self._buffers) if buf]
+        pending = [seg[0][0] for seg in self._segments if seg]
         self._tracker.committable(min(pending) if pending else None)
         now = time.monotonic()
         if force or now - self._last_commit >= COMMIT_INTERVAL_S:

@@ -1,27 +1,74 @@
-"""ScorerActor: holds River models for a range of keys; scores, waits for labels, learns."""
+"""ScorerActor: holds River models for a range of keys; scores, waits for labels, learns.
+
+Checkpoints: every ingest actor sends ``barrier`` after the last batch it routed before
+the checkpoint's positions, and sends nothing more until the checkpoint is committed.
+Calls from one caller run in order, so when the last ingest actor's barrier arrives
+this scorer has handled exactly the records before the positions: it writes its model
+and pending labels to the store then (aligned, as in Flink).
+"""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from typing import Any
 
 import ray
 
+from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
+from pipelines.faults import Drills
 from pipelines.protocol import SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore
 
 
 @ray.remote(max_restarts=0)  # the Supervisor owns restarts
 class ScorerActor:
-    def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int) -> None:
+    def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int,
+                 store_url: str | None = None, restore: dict[str, Any] | None = None,
+                 drills: list[str] | None = None) -> None:
+        self._drills = Drills(drills or [], name)
+        self._drills.fire("start")
         self._core = ScorerCore(config, name=name, metrics_window=metrics_window)
+        self._store = CheckpointStore(store_url) if store_url else None
+        self._barriers: Counter[str] = Counter()
+        if restore is not None:
+            assert self._store is not None
+            manifest = Manifest.model_validate(restore)
+            self._core.restore(loads_state(self._store.read_part(manifest, name)))
+            self._core.checkpoint = manifest.id
 
     def ready(self) -> str:
         return self._core.name
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def process(self, data: bytes) -> SinkBatch:
         """An encoded Batch: events scored, feedback learned, in arrival order."""
         return self._core.process(decode_batch(data))
+
+    def barrier(self, ckpt: str, seq: int, n_inputs: int) -> dict[str, Any] | None:
+        """One input's barrier; at the last of ``n_inputs``, write this scorer's part."""
+        self._barriers[ckpt] += 1
+        if self._barriers[ckpt] < n_inputs:
+            return None
+        del self._barriers[ckpt]
+        return self._write_part(ckpt, seq)
+
+    def _write_part(self, ckpt: str, seq: int) -> dict[str, Any]:
+        assert self._store is not None, "checkpoint barrier without a checkpoint store"
+        blob = dumps_state(self._core.snapshot())
+        if self._drills.armed("checkpoint", seq):
+            # Half a part on disk, then the process dies: the drill of a crash mid-checkpoint.
+            self._store.write_part(ckpt, self._core.name, blob[: len(blob) // 2])
+            self._drills.fire("checkpoint", seq)
+        part = self._store.write_part(ckpt, self._core.name, blob)
+        return {"name": self._core.name, "part": part.model_dump()}
+
+    def committed(self, ckpt: str) -> None:
+        """The checkpoint is committed: predictions from now on name it."""
+        self._core.checkpoint = ckpt
 
     def stats(self) -> dict[str, Any]:
         return self._core.stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,18 @@ from pipelines.sinks import FileSink, KafkaSink
 
 @ray.remote(max_restarts=0)
 class SinkActor:
-    def __init__(self, config: PipelineConfig, out_dir: Path) -> None:
+    def __init__(self, config: PipelineConfig, out_dir: Path, *, append: bool = False) -> None:
+        """``append``: continue the output files of an earlier run (after a restart or
+        ``--resume``) instead of starting them anew."""
         self._sink: FileSink | KafkaSink = (
             KafkaSink(config.kafka, client_id=f"{config.name}-sink")
-            if config.output.kind == "kafka" else FileSink(out_dir))
+            if config.output.kind == "kafka" else FileSink(out_dir, append=append))
 
     def ready(self) -> str:
         return "sink"
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def write(self, batch: SinkBatch) -> Ack:
         return self._sink.write(batch)

@@ -18,7 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.config import PipelineConfig, load_config
-from pipelines.errors import RiffleError
+from pipelines.errors import RiffleError, RunFailed
 from pipelines.sources import check_source
 
 __all__ = ["main"]
@@ -31,6 +31,10 @@ class _Fail(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"riffle: error: {self.format_message()}", err=True)
+
+
+class _Failed(_Fail):
+    exit_code = 1
 
 
 def _load(path: Path, events: int | None, endless: bool, out: Path | None) -> PipelineConfig:
@@ -83,9 +87,16 @@ def validate(config: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default out/NAME).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress bar (default: when stderr is a terminal).")
+@click.option("--resume", is_flag=True,
+              help="Start from the last committed checkpoint (models, pending labels and "
+                   "source positions) and append to the output.")
 def run(config: Path, events: int | None, endless: bool, out: Path | None,
-        progress: bool | None) -> None:
-    """Run the pipeline of CONFIG until its source ends (or Ctrl-C / SIGTERM)."""
+        progress: bool | None, resume: bool) -> None:
+    """Run the pipeline of CONFIG until its source ends (or Ctrl-C / SIGTERM).
+
+    Exit codes: 0 done, 1 the run failed (an actor's failures escalated), 2 a mistake
+    in the command or config, 130 interrupted.
+    """
     cfg = _load(config, events, endless, out)
     from pipelines.runner import ensure_ray, run_pipeline
 
@@ -115,7 +126,10 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
                     f"{name} {acc if acc is None else round(acc, 4)}  "
                     f"dead letters {status['dead_letters']:,}"))
 
-            summary = run_pipeline(cfg, stop=stop, on_progress=on_progress)
+            summary = run_pipeline(cfg, out_dir=out, stop=stop, on_progress=on_progress,
+                                   resume=resume)
+    except RunFailed as e:
+        raise _Failed(str(e)) from None
     except RiffleError as e:
         raise _Fail(str(e)) from None
     finally:
@@ -210,6 +224,47 @@ def tail(topic: str, config_path: Path, from_beginning: bool, max_messages: int 
             click.echo(orjson.dumps(message).decode())
     except RiffleError as e:
         raise _Fail(str(e)) from None
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default out/NAME).")
+@click.option("--log", "n_log", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Supervision log entries to show.")
+def status(config: Path, out: Path | None, n_log: int) -> None:
+    """Progress, checkpoints and supervision log of CONFIG's pipeline (running or done)."""
+    import datetime
+
+    from pipelines.runner import read_status
+
+    cfg = _load(config, None, False, out)
+    folder = cfg.out_dir if out is None else out
+    try:
+        st = read_status(folder)
+    except RiffleError as e:
+        raise _Fail(str(e)) from None
+    sup = st.get("supervision", {})
+    table = Table(title=f"riffle status: {cfg.name} "
+                        f"({'finished' if st['finished'] else 'running'})", show_header=False)
+    if "events" in st:
+        for key in ("events", "scored", "learned", "dead_letters", "events_per_s"):
+            table.add_row(key, f"{st[key]:,}")
+    for name, value in st.get("metrics", {}).items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("restarts", str(sup.get("restarts", 0)))
+    table.add_row("last checkpoint", str(sup.get("last_checkpoint")))
+    Console().print(table)
+    log_path = folder / "supervision.jsonl"
+    if n_log and log_path.exists():
+        import orjson
+
+        lines = log_path.read_bytes().splitlines()[-n_log:]
+        for line in lines:
+            entry = orjson.loads(line)
+            at = datetime.datetime.fromtimestamp(entry["at"]).strftime("%H:%M:%S")
+            extra = f" [{entry['checkpoint']}]" if entry.get("checkpoint") else ""
+            click.echo(f"{at} {entry['kind']:<20} {entry['actor']:<10} "
+                       f"{entry['reason']}{extra}")
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:

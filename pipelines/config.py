@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipelines.errors import ConfigError
 
 __all__ = [
+    "CheckpointConfig",
     "DriftConfig",
     "FileSourceConfig",
     "IngestConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "ScoringConfig",
     "SourceConfig",
     "StepSpec",
+    "SupervisionConfig",
     "SyntheticSourceConfig",
     "format_validation_error",
     "load_config",
@@ -256,9 +258,13 @@ class OutputConfig(_Frozen):
 
 
 class RestartPolicyConfig(_Frozen):
-    """How the Supervisor answers an actor's failure (Akka's restart directives)."""
+    """How the Supervisor answers an actor's failure (Akka's restart directives).
 
-    strategy: Literal["one_for_one", "all_for_one"] = "one_for_one"
+    Every scorer takes input from every ingest actor, so one failure restarts the whole
+    data path from the last checkpoint (Flink's region failover): the policy decides
+    whether and when, and counts the failures per actor role.
+    """
+
     max_restarts: Annotated[int, Field(ge=0)] = 5
     within_s: Annotated[float, Field(gt=0)] = 60.0
     """More than ``max_restarts`` failures within this window escalate (the run stops)."""
@@ -275,10 +281,48 @@ class RestartPolicyConfig(_Frozen):
         return self
 
 
+class SupervisionConfig(_Frozen):
+    ping_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    """How often the Supervisor pings every actor."""
+    ping_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    """An actor that has not answered a ping for this long is hung: it counts as failed."""
+    scorer: RestartPolicyConfig = RestartPolicyConfig()
+    ingest: RestartPolicyConfig = RestartPolicyConfig()
+    sink: RestartPolicyConfig = RestartPolicyConfig()
+
+
+class CheckpointConfig(_Frozen):
+    """Aligned checkpoints: every scorer's model and pending labels, with the positions."""
+
+    enabled: bool = True
+    interval_s: Annotated[float, Field(gt=0)] | None = 5.0
+    """Start a checkpoint this often (seconds)..."""
+    every_events: Annotated[int, Field(ge=1)] | None = None
+    """...or once this many events were read since the last one (whichever comes first)."""
+    store: str | None = None
+    """A folder or a pyarrow filesystem URL (``s3://bucket/prefix``, ``gs://...``,
+    ``hdfs://...``); default ``<out_dir>/checkpoints``."""
+    keep: Annotated[int, Field(ge=1)] = 3
+    """Committed checkpoints kept; older ones are pruned."""
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """A checkpoint not complete after this long is abandoned (never committed)."""
+
+
 class RuntimeConfig(_Frozen):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     """CPUs of the local Ray started by ``riffle run``; ignored when joining a cluster."""
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    fault_drills: list[str] = []
+    """Crash an actor at a named point to rehearse recovery (``pipelines.faults``), e.g.
+    ``scorer-0@checkpoint#2``. Empty in production."""
+
+    @model_validator(mode="after")
+    def _drills_parse(self) -> RuntimeConfig:
+        from pipelines.faults import parse_drill
+
+        for drill in self.fault_drills:
+            parse_drill(drill)
+        return self
 
 
 class PipelineConfig(_Frozen):
@@ -289,6 +333,8 @@ class PipelineConfig(_Frozen):
     output: OutputConfig = OutputConfig()
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:
@@ -302,6 +348,10 @@ class PipelineConfig(_Frozen):
     @property
     def out_dir(self) -> Path:
         return self.output.out_dir or Path("out") / self.name
+
+    @property
+    def checkpoint_store(self) -> str:
+        return self.checkpoint.store or str((self.out_dir / "checkpoints").resolve())
 
     def config_hash(self) -> str:
         """A short content hash of the effective config (stable across key order)."""

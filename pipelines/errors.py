@@ -2,7 +2,8 @@
 
 Errors are for failures and mistakes of the operator (a bad config, a missing file);
 bad *records* are data and become dead letters instead. The CLI prints any
-:class:`RiffleError` as one line and exits with code 2.
+:class:`RiffleError` as one line and exits with code 2, except a run that failed
+after it started (:class:`RunFailed`, e.g. an escalated crash loop): exit code 1.
 """
 
 from __future__ import annotations
@@ -26,3 +27,7 @@ class ModelError(RiffleError):
 
 class PipelineError(RiffleError):
     """The pipeline failed while running; the message names the actor and the cause."""
+
+
+class RunFailed(PipelineError):
+    """A running pipeline stopped on a failure its supervisor could not recover from."""

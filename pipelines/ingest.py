@@ -96,6 +96,14 @@ class IngestCore:
         counts["dead_letters"] += len(dead)
         return routed, dead
 
+    def snapshot(self) -> dict[str, Any]:
+        """The dedupe memory and counters, for a checkpoint."""
+        return {"seen": self.seen.ids(), "counts": dict(self.counts)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.seen = RecentIds(self.seen.max_size, state["seen"])
+        self.counts = dict(state["counts"])
+
     def _dead(self, m: SourceMessage, error: str, record_id: str | None,
               error_class: str) -> DeadLetter:
         if m.kind != "event":

@@ -100,6 +100,24 @@ class LabelBuffer(Generic[T]):
             early.popitem(last=False)
             self.counts["labels_unmatched"] += 1
 
+    # A checkpoint carries ages, not clock readings: a monotonic clock means nothing in
+    # another process or on another host, where the buffer may be restored.
+    def __getstate__(self) -> dict[str, Any]:
+        now = self._clock()
+        state = {k: v for k, v in self.__dict__.items() if k != "_clock"}
+        for name in ("_pending", "_early"):
+            state[name] = OrderedDict((rid, (now - t, v))
+                                      for rid, (t, v) in self.__dict__[name].items())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clock = time.monotonic
+        now = self._clock()
+        for name in ("_pending", "_early"):
+            setattr(self, name, OrderedDict((rid, (now - age, v))
+                                            for rid, (age, v) in state[name].items()))
+
     @property
     def n_pending(self) -> int:
         return len(self._pending)

@@ -50,6 +50,8 @@ class ScorerCore:
         self.model: Any = build_model(config.model)
         self.task = task_of(self.model)
         self.version = config.model.version
+        self.checkpoint: str | None = None
+        """The last committed checkpoint this model continues from (None before the first)."""
         self.labels: LabelBuffer[_Scored] = LabelBuffer(
             max_pending=config.max_pending_labels, ttl_s=config.label_ttl_s, clock=clock)
         self._window = metrics_window or config.metrics_window
@@ -71,7 +73,7 @@ class ScorerCore:
         dead: list[DeadLetter] = []
         classifier = self.task != "regression"
         model, labels, counts = self.model, self.labels, self.counts
-        version, name = self.version, self.name
+        version, name, checkpoint = self.version, self.name, self.checkpoint
         labels.expire()  # what timed out before this batch arrived cannot be learned from it
         for item in batch.items:
             if type(item) is Event:
@@ -88,7 +90,8 @@ class ScorerCore:
                 counts["scored"] += 1
                 lines.append(orjson.dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
-                    "prediction": prediction, "model_version": version, "scorer": name,
+                    "prediction": prediction, "model_version": version,
+                    "checkpoint": checkpoint, "scorer": name,
                     "event_time": item.event_time, "scored_at": time.time(),
                     "partition": item.partition, "offset": item.offset,
                 }, option=_JSON))
@@ -141,6 +144,18 @@ class ScorerCore:
         w = self._windows[idx]
         w[0] += 1
         w[1] += hit
+
+    # -- checkpoints -------------------------------------------------------------------
+    _STATE = ("model", "labels", "version", "_windows", "_metrics", "_n_metric", "counts")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything learned so far: the model, the pending labels, metrics and counts."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot` (of a scorer of the same name and config)."""
+        for name in self._STATE:
+            setattr(self, name, state[name])
 
     # -- what the supervisor asks ------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -135,9 +135,14 @@ class RecentIds:
     [True, True, False, True, True]
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, ids: list[str] | None = None) -> None:
         self.max_size = max_size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, None] = OrderedDict.fromkeys(
+            (ids or [])[-max_size:] if max_size else ())
+
+    def ids(self) -> list[str]:
+        """The remembered ids, oldest first."""
+        return list(self._ids)
 
     def add(self, record_id: str) -> bool:
         """Remember ``record_id``; False if it was already among the recent ones."""
