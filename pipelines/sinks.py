@@ -6,6 +6,7 @@ may the ingest side consider the records safe (at-least-once).
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -14,8 +15,12 @@ import orjson
 from ddsketch import DDSketch
 
 from pipelines.config import KafkaConfig
+from pipelines.errors import PipelineError
 from pipelines.protocol import Ack, DeadLetter, SinkBatch
 from pipelines.sources.base import partition_of
+
+# A flush may outlast the producer's delivery timeout by this much before it counts as hung.
+FLUSH_MARGIN_S = 5.0
 
 __all__ = ["FileSink", "KafkaSink", "LatencySketch", "dead_letter_json"]
 
@@ -115,6 +120,9 @@ class KafkaSink:
 
         self._producer = producer(kafka, client_id=client_id)
         self._topics = kafka.topics
+        # The producer fails a record it could not deliver within delivery_timeout_ms, so
+        # a flush lasting longer than that is stuck.
+        self._flush_timeout_s = kafka.delivery_timeout_ms / 1000 + FLUSH_MARGIN_S
         self._tracer = TracerProvider().get_tracer("riffle.sink")
         self._propagator = TraceContextTextMapPropagator()
         self._partitions: dict[str, int] = {}
@@ -122,38 +130,79 @@ class KafkaSink:
         self.counts = {"predictions_written": 0, "dead_letters_written": 0}
 
     def write(self, batch: SinkBatch) -> Ack:
+        from kafka.errors import KafkaError
         from opentelemetry import trace
 
         from pipelines.kafka import connect_headers
 
         send = self._producer.send
+        predictions: list[Any] = []  # the futures of the sends, checked after the flush
+        dead: list[Any] = []
+        topic = self._topics.predictions
         with self._tracer.start_as_current_span("sink.write") as span:
-            span.set_attribute("messaging.destination.name", self._topics.predictions)
+            span.set_attribute("messaging.destination.name", topic)
             span.set_attribute("messaging.batch.message_count", len(batch.predictions))
             carrier: dict[str, str] = {}
             self._propagator.inject(carrier, context=trace.set_span_in_context(span))
             traceparent = carrier.get("traceparent", "").encode()
-            topic = self._topics.predictions
-            n_parts = self._n_partitions(topic)
-            for line, key, version in zip(batch.predictions, batch.keys, batch.versions,
-                                          strict=True):
-                # The partition Kafka's default partitioner would pick, from our cache:
-                # kafka-python's murmur2 is pure Python (~5 us a message).
-                send(topic, value=line, key=key.encode("utf-8"),
-                     partition=partition_of(key, n_parts),
-                     headers=[("riffle.model_version", version.encode()),
-                              ("traceparent", traceparent)])
-            for d in batch.dead_letters:
-                send(self._topics.dead_letters, value=d.raw, key=d.key,
-                     headers=connect_headers(d.error_class, d.error, d.topic, d.partition,
-                                             d.offset))
-            # The ack means "on the broker": flush waits for every send (or raises).
-            self._producer.flush()
+            try:
+                n_parts = self._n_partitions(topic)
+                keep = predictions.append
+                for line, key, version in zip(batch.predictions, batch.keys, batch.versions,
+                                              strict=True):
+                    # The partition Kafka's default partitioner would pick, from our cache:
+                    # kafka-python's murmur2 is pure Python (~5 us a message).
+                    keep(send(topic, value=line, key=key.encode("utf-8"),
+                              partition=partition_of(key, n_parts),
+                              headers=[("riffle.model_version", version.encode()),
+                                       ("traceparent", traceparent)]))
+                topic = self._topics.dead_letters
+                keep = dead.append
+                for d in batch.dead_letters:
+                    keep(send(topic, value=d.raw, key=d.key,
+                              headers=connect_headers(d.error_class, d.error, d.topic,
+                                                      d.partition, d.offset)))
+            except KafkaError as e:  # no buffer space or no metadata in time, too large...
+                raise PipelineError(f"sink: cannot send to {topic}: {type(e).__name__}: "
+                                    f"{e}") from None
+            # The ack means "on the broker": flush() waits for every send to complete, but
+            # raises only on its own timeout; each send's outcome is in its future.
+            self._flush(predictions, dead)
         now = time.time()
         self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
         self.counts["predictions_written"] += len(batch.predictions)
         self.counts["dead_letters_written"] += len(batch.dead_letters)
         return Ack(len(batch.predictions), len(batch.dead_letters))
+
+    def _flush(self, predictions: list[Any], dead: list[Any]) -> None:
+        """Wait for the broker's answer to every send; raise unless all were written."""
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        deadline = time.monotonic() + self._flush_timeout_s
+        try:
+            self._producer.flush(timeout=self._flush_timeout_s)
+        except KafkaTimeoutError:
+            raise PipelineError(
+                f"sink: {len(predictions) + len(dead)} records to {self._topics.predictions} "
+                f"and {self._topics.dead_letters} not acknowledged by the broker within "
+                f"{self._flush_timeout_s:.0f}s") from None
+        except KafkaError:
+            # kafka-python 3.0's flush gives up early on a batch it split to retry (after a
+            # MessageSizeTooLarge): wait on the sends themselves, in what is left of the time.
+            for f in itertools.chain(predictions, dead):
+                if not f.is_done:
+                    try:
+                        f.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    except KafkaError:
+                        pass  # its error is in the future, reported below
+        for topic, futures in ((self._topics.predictions, predictions),
+                               (self._topics.dead_letters, dead)):
+            failed = [f for f in futures if not f.succeeded()]
+            if failed:
+                e = failed[0].exception
+                cause = f"{type(e).__name__}: {e}" if e is not None else "no answer in time"
+                raise PipelineError(f"sink: {len(failed)} of {len(futures)} records to {topic} "
+                                    f"not written; the first: {cause}")
 
     def _n_partitions(self, topic: str) -> int:
         n = self._partitions.get(topic)
@@ -165,5 +214,4 @@ class KafkaSink:
         return {**self.counts, "latency_ms": self.latency.summary()}
 
     def close(self) -> None:
-        self._producer.flush()
-        self._producer.close()
+        self._producer.close(timeout=self._flush_timeout_s)  # sends what is left first
