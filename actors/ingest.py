@@ -16,6 +16,7 @@ that no scorer sees a record after the positions before every barrier has arrive
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -33,6 +34,8 @@ from pipelines.models import Task
 from pipelines.protocol import Batch, Event, Feedback, SinkBatch, encode_batch
 from pipelines.sources import open_pipeline_reader
 
+log = logging.getLogger(__name__)
+
 COMMIT_INTERVAL_S = 0.5  # commit acknowledged positions at most this often (and at the end)
 
 
@@ -43,24 +46,33 @@ BARRIER_TIMEOUT_S = 60.0
 @ray.remote(max_restarts=0, max_concurrency=4)
 class IngestActor:
     def __init__(self, config: PipelineConfig, *, name: str, partitions: list[int], task: Task,
-                 scorers: list[ActorHandle], sink: ActorHandle,
+                 scorers: list[ActorHandle], sink: ActorHandle, generation: int = 0,
                  store_url: str | None = None, restore: dict[str, Any] | None = None) -> None:
         Drills(config.runtime.fault_drills, name).fire("start")
         self.name = name
         self._config = config
         self._cfg = config.ingest
         self._partitions = partitions
-        self._core = IngestCore(config, task=task)
+        self._task = task
         self._store = CheckpointStore(store_url) if store_url else None
+        self._barrier_lock = threading.Lock()
+        self._running = False
+        self._setup(generation, scorers, sink, restore)
+
+    def _setup(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
+               restore: dict[str, Any] | None) -> None:
+        """All the state of one generation of the pipeline: at start, and on reset."""
+        self._generation = generation
+        self._core = IngestCore(self._config, task=self._task)
         positions = None
         if restore is not None:
             assert self._store is not None
             manifest = Manifest.model_validate(restore)
             positions = manifest.positions
-            if name in manifest.parts:
-                self._core.restore(loads_state(self._store.read_part(manifest, name)))
-        self._reader = open_pipeline_reader(config, partitions, positions,
-                                            on_revoke=self._drain, client_id=name)
+            if self.name in manifest.parts:
+                self._core.restore(loads_state(self._store.read_part(manifest, self.name)))
+        self._reader = open_pipeline_reader(self._config, self._partitions, positions,
+                                            on_revoke=self._drain, client_id=self.name)
         self._scorers = scorers
         self._sink = sink
         self._tracker = PositionTracker()
@@ -83,9 +95,7 @@ class IngestActor:
         self._finished_at: float | None = None
         self._first_read_at: float | None = None  # throughput is measured from here...
         self._last_ack_at: float | None = None    # ...to here: not the idle time around
-        self._running = False
         self._aborted = False
-        self._barrier_lock = threading.Lock()
         self._barrier_request: tuple[str, int, int, bool] | None = None
         self._barrier_done = threading.Event()
         self._barrier_result: dict[str, Any] | None = None
@@ -98,6 +108,15 @@ class IngestActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def reset(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
+              restore: dict[str, Any] | None) -> str:
+        """Rewind to a checkpoint (or the start) after another actor failed: a new reader
+        from its positions, the dedupe memory of then, nothing in flight. The run of the
+        old generation must have ended (see abort)."""
+        assert not self._running, "reset while running: abort first"
+        self._setup(generation, scorers, sink, restore)
+        return self.name
+
     def stop(self) -> None:
         """Stop reading; what was read is still scored and written before run() returns."""
         self._stop.set()
@@ -109,7 +128,7 @@ class IngestActor:
         self._stop.set()
         self._hold.clear()
         if not self._running:
-            self._reader.close()
+            self._close_reader()
 
     def barrier(self, ckpt: str, seq: int, n_inputs: int, hold: bool) -> dict[str, Any] | None:
         """Checkpoint ``ckpt``: the run loop sends a barrier to every scorer behind what it
@@ -124,6 +143,12 @@ class IngestActor:
         if not self._barrier_done.wait(BARRIER_TIMEOUT_S):
             return None
         return self._barrier_result
+
+    def _close_reader(self) -> None:
+        try:
+            self._reader.close()
+        except Exception as e:  # already closed, or its broker is away: nothing to keep
+            log.debug("closing the reader: %s", e)
 
     def resume(self) -> None:
         """The checkpoint is committed (or abandoned): read on."""
@@ -151,6 +176,9 @@ class IngestActor:
         self._running = True
         try:
             return self._run()
+        except BaseException:
+            self._close_reader()  # e.g. a scorer died: leave the consumer group now
+            raise
         finally:
             with self._barrier_lock:
                 self._running = False
@@ -195,7 +223,8 @@ class IngestActor:
         self._flush(force=True)  # everything routed goes out ahead of the barrier
         positions = self._reader.positions()
         part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
-        refs = [scorer.barrier.remote(ckpt, seq, n_inputs) for scorer in self._scorers]
+        refs = [scorer.barrier.remote(ckpt, seq, n_inputs, self._generation)
+                for scorer in self._scorers]
         if hold:
             self._hold.set()
         with self._barrier_lock:
@@ -238,8 +267,8 @@ class IngestActor:
                 self._seq += 1
                 scorer = self._scorers[s]
                 # The scorer's output goes to the sink by reference: it never comes back here.
-                self._send(s, oldest,
-                           lambda sc=scorer, d=data: self._sink.write.remote(sc.process.remote(d)))
+                self._send(s, oldest, lambda sc=scorer, d=data, g=self._generation:
+                           self._sink.write.remote(sc.process.remote(d, g)))
                 if buf and len(buf) < size and not force:
                     self._since[s] = now  # the rest waits for its own linger
 

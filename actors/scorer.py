@@ -21,22 +21,34 @@ from pipelines.faults import Drills
 from pipelines.protocol import SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore
 
+_NOTHING = SinkBatch([], [], [], [], [])
+
 
 @ray.remote(max_restarts=0)  # the Supervisor owns restarts
 class ScorerActor:
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int,
-                 store_url: str | None = None, restore: dict[str, Any] | None = None,
-                 drills: list[str] | None = None) -> None:
+                 generation: int = 0, store_url: str | None = None,
+                 restore: dict[str, Any] | None = None, drills: list[str] | None = None) -> None:
         self._drills = Drills(drills or [], name)
         self._drills.fire("start")
-        self._core = ScorerCore(config, name=name, metrics_window=metrics_window)
+        self._config = config
+        self._name = name
+        self._window = metrics_window
         self._store = CheckpointStore(store_url) if store_url else None
+        self.reset(generation, restore)
+
+    def reset(self, generation: int, restore: dict[str, Any] | None) -> str:
+        """Continue from a checkpoint (or from scratch) as of ``generation``: batches and
+        barriers of an earlier generation, still queued here, are ignored."""
+        self._generation = generation
         self._barriers: Counter[str] = Counter()
+        self._core = ScorerCore(self._config, name=self._name, metrics_window=self._window)
         if restore is not None:
             assert self._store is not None
             manifest = Manifest.model_validate(restore)
-            self._core.restore(loads_state(self._store.read_part(manifest, name)))
+            self._core.restore(loads_state(self._store.read_part(manifest, self._name)))
             self._core.checkpoint = manifest.id
+        return self._name
 
     def ready(self) -> str:
         return self._core.name
@@ -44,12 +56,17 @@ class ScorerActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def process(self, data: bytes) -> SinkBatch:
+    def process(self, data: bytes, generation: int = 0) -> SinkBatch:
         """An encoded Batch: events scored, feedback learned, in arrival order."""
+        if generation != self._generation:  # sent before a restart: replayed anew
+            return _NOTHING
         return self._core.process(decode_batch(data))
 
-    def barrier(self, ckpt: str, seq: int, n_inputs: int) -> dict[str, Any] | None:
+    def barrier(self, ckpt: str, seq: int, n_inputs: int, generation: int = 0
+                ) -> dict[str, Any] | None:
         """One input's barrier; at the last of ``n_inputs``, write this scorer's part."""
+        if generation != self._generation:
+            return None
         self._barriers[ckpt] += 1
         if self._barriers[ckpt] < n_inputs:
             return None

@@ -30,7 +30,7 @@ from actors.sink import SinkActor
 from pipelines.checkpoint import CheckpointStore, Manifest, Part, checkpoint_id
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, RunFailed
-from pipelines.kafka import ensure_topics
+from pipelines.kafka import ensure_topics, group_positions, rewind_group
 from pipelines.models import build_model, task_of
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
@@ -70,6 +70,8 @@ class Supervisor:
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
                           "sink": RestartPolicy(sup.sink)}
         self._manifest: Manifest | None = None
+        self._baseline: dict[str, int] = {}
+        """Source positions where the run started (Kafka): the base of every checkpoint's."""
         self._seq = 1
         self._ingest: list[Any] = []
         self._runs: list[ray.ObjectRef] = []
@@ -80,7 +82,10 @@ class Supervisor:
         self._checkpoints: list[dict[str, Any]] = []
         self._restarts = 0
         self._main: asyncio.Task[list[dict[str, Any]]] | None = None
+        self._ckpt_task: asyncio.Task[Manifest | None] | None = None
+        self._resumed_at = 0.0
         self._generation = 0
+        """Bumped at every restart; batches of an older generation are ignored."""
 
     # -- the topology ------------------------------------------------------------------
     async def start(self, resume: bool = False) -> None:
@@ -103,6 +108,14 @@ class Supervisor:
                              checkpoint=self._manifest.id)
         else:
             self._log.record("start", "supervisor", "riffle run")
+        if cfg.source.kind == "kafka" and self._store is not None:
+            # Where this run starts reading: what a failure before the first checkpoint
+            # rewinds to, and what each checkpoint's positions start from.
+            if self._manifest is not None:
+                self._baseline = dict(self._manifest.positions)
+                await loop.run_in_executor(None, rewind_group, cfg.kafka, self._baseline)
+            else:
+                self._baseline = await loop.run_in_executor(None, group_positions, cfg.kafka)
         self._started = time.time()
         try:
             await self._build(append=resume)
@@ -113,22 +126,82 @@ class Supervisor:
     async def _build(self, *, append: bool) -> None:
         """Create every actor, restored from ``self._manifest`` if there is one."""
         cfg = self._config
-        self._generation += 1
-        restore = self._manifest.model_dump(mode="json") if self._manifest else None
-        store = self._store_url if self._store is not None else None
-        n_scorers = cfg.scoring.n_actors
-        window = max(1, cfg.scoring.metrics_window // n_scorers)
-        self._sink = SinkActor.options(num_cpus=0).remote(cfg, self._out_dir, append=append)
-        self._scorers = [
-            ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
-                cfg.scoring, name=f"scorer-{i}", metrics_window=window, store_url=store,
-                restore=restore, drills=cfg.runtime.fault_drills)
-            for i in range(n_scorers)
-        ]
+        restore = self._restore()
+        self._sink = self._new_sink(append)
+        self._scorers = [self._new_scorer(i, restore) for i in range(cfg.scoring.n_actors)]
         self._ingest = [self._new_ingest(i, parts, restore) for i, parts in enumerate(
             assign_partitions(cfg.source.partitions, cfg.ingest.n_actors))]
         await self._all_ready()
         self._runs = [a.run.remote() for a in self._ingest]
+
+    async def _rebuild(self, failed: str) -> None:
+        """After ``failed`` failed: replace it (every actor, for all_for_one) and rewind
+        the others in place to the last checkpoint, as a new generation. Batches of the
+        old generation still queued anywhere are ignored."""
+        cfg = self._config
+        self._generation += 1
+        gen, restore = self._generation, self._restore()
+        all_for_one = cfg.supervision.strategy == "all_for_one"
+        # Stop reading everywhere; the failed actor goes; the old runs end (a run waiting
+        # on the failed actor ends when that one is killed).
+        await asyncio.gather(*(asyncio.wait_for(a.abort.remote(), 5) for a in self._ingest),
+                             return_exceptions=True)
+        replace = {name for name, _ in self._named()} if all_for_one else {failed}
+        for name, actor in self._named():
+            if name in replace:
+                ray.kill(actor, no_restart=True)
+        ended = await asyncio.gather(
+            *(asyncio.wait_for(_settled(r), 10) for r in self._runs), return_exceptions=True)
+        for i, outcome in enumerate(ended):
+            if isinstance(outcome, TimeoutError):  # stuck: replaced as well
+                replace.add(f"ingest-{i}")
+                ray.kill(self._ingest[i], no_restart=True)
+        if cfg.source.kind == "kafka" and self._store is not None:
+            # The group's commits ran ahead of the checkpoint: set them back to its positions.
+            positions = self._manifest.positions if self._manifest else self._baseline
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, rewind_group, cfg.kafka, positions)
+            except Exception as e:  # the broker is away: this restart fails, the next retries
+                raise ActorFailed(failed, f"rewinding the consumer group: {_cause(e)}") from None
+        if "sink" in replace:
+            self._sink = self._new_sink(append=True)
+        resets = []
+        for i, scorer in enumerate(self._scorers):
+            if f"scorer-{i}" in replace:
+                self._scorers[i] = self._new_scorer(i, restore)
+            else:
+                resets.append((f"scorer-{i}", scorer.reset.remote(gen, restore)))
+        parts = assign_partitions(cfg.source.partitions, len(self._ingest))
+        for i, actor in enumerate(self._ingest):
+            if f"ingest-{i}" in replace:
+                self._ingest[i] = self._new_ingest(i, parts[i] if i < len(parts) else [],
+                                                   restore)
+            else:
+                resets.append((f"ingest-{i}", actor.reset.remote(
+                    gen, self._scorers, self._sink, restore)))
+        for name, ref in resets:
+            try:
+                await asyncio.wait_for(ref, cfg.supervision.ping_timeout_s)
+            except (TimeoutError, ray.exceptions.RayError) as e:
+                raise ActorFailed(name, f"while rewinding: {_cause(e)}") from None
+        await self._all_ready()
+        self._resumed_at = time.time()
+        self._runs = [a.run.remote() for a in self._ingest]
+
+    def _restore(self) -> dict[str, Any] | None:
+        return self._manifest.model_dump(mode="json") if self._manifest else None
+
+    def _new_sink(self, append: bool) -> Any:
+        return SinkActor.options(num_cpus=0).remote(self._config, self._out_dir, append=append)
+
+    def _new_scorer(self, index: int, restore: dict[str, Any] | None) -> Any:
+        cfg = self._config
+        return ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
+            cfg.scoring, name=f"scorer-{index}",
+            metrics_window=max(1, cfg.scoring.metrics_window // cfg.scoring.n_actors),
+            generation=self._generation, store_url=self._store_url if self._store else None,
+            restore=restore, drills=cfg.runtime.fault_drills)
 
     def _named(self) -> list[tuple[str, Any]]:
         return [("sink", self._sink),
@@ -139,7 +212,7 @@ class Supervisor:
         for name, actor in self._named():
             try:
                 await asyncio.wait_for(actor.ready.remote(),
-                                       self._config.supervision.ping_timeout_s * 4)
+                                       self._config.supervision.start_timeout_s)
             except (TimeoutError, ray.exceptions.RayError) as e:
                 raise ActorFailed(name, _cause(e)) from None
 
@@ -148,11 +221,14 @@ class Supervisor:
         cfg = self._config
         return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
             cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
-            scorers=self._scorers, sink=self._sink,
+            scorers=self._scorers, sink=self._sink, generation=self._generation,
             store_url=self._store_url if self._store is not None else None, restore=restore)
 
     async def _teardown(self) -> None:
         """Kill the data path; ingest actors first leave their consumer group."""
+        if self._ckpt_task is not None:  # never committed: its folder has no manifest
+            self._ckpt_task.cancel()
+            self._ckpt_task = None
         await asyncio.gather(*(asyncio.wait_for(a.abort.remote(), 5) for a in self._ingest),
                              return_exceptions=True)
         for _, actor in self._named():
@@ -178,6 +254,7 @@ class Supervisor:
         events_at_ckpt = self._manifest.events_read if self._manifest else 0
         pings: dict[str, tuple[float, ray.ObjectRef]] = {}
         done: dict[int, dict[str, Any]] = {}
+        next_count = now
         while len(done) < len(self._runs):
             await asyncio.sleep(TICK_S)
             pending = [r for i, r in enumerate(self._runs) if i not in done]
@@ -204,17 +281,25 @@ class Supervisor:
                 elif now - sent > sup.ping_timeout_s:
                     raise ActorFailed(name, f"no answer to a ping for {sup.ping_timeout_s} s "
                                             "(hung)")
-            if self._store is None or done or self._stopped:
-                continue
-            due = now >= next_ckpt
-            if not due and ckpt.every_events:
-                read = await self._events_read()
-                due = read - events_at_ckpt >= ckpt.every_events
-            if due:
-                committed = await self._checkpoint()
+            # Checkpoints run beside the watch: a hung actor is found even mid-checkpoint.
+            ckpt_task = self._ckpt_task
+            if ckpt_task is not None and ckpt_task.done():
+                self._ckpt_task = None
+                committed = ckpt_task.result()  # an actor's failure during it raises here
                 if committed is not None:
                     events_at_ckpt = committed.events_read
                 next_ckpt = time.monotonic() + (ckpt.interval_s or float("inf"))
+            if self._store is None or done or self._stopped or self._ckpt_task is not None:
+                continue
+            due = now >= next_ckpt
+            if not due and ckpt.every_events and now >= next_count:
+                next_count = now + 0.5
+                due = await self._events_read() - events_at_ckpt >= ckpt.every_events
+            if due:
+                self._ckpt_task = asyncio.create_task(self._checkpoint())
+        if self._ckpt_task is not None:
+            task, self._ckpt_task = self._ckpt_task, None
+            await task  # ends at once: the ingest actors have stopped reading
         stats = [done[i] for i in range(len(self._runs))]
         if self._store is not None:  # drained (ended or stopped): a final, exact checkpoint
             await self._final_checkpoint(stats)
@@ -250,18 +335,22 @@ class Supervisor:
                 raise RunFailed(f"pipeline {self._config.name}: {failure.actor} failed and was "
                                 f"not restarted: {decision.reason}")
             failed_at = time.time()
-            await self._teardown()
+            if self._ckpt_task is not None:  # never committed: its folder has no manifest
+                self._ckpt_task.cancel()
+                self._ckpt_task = None
             await asyncio.sleep(decision.delay_s)
             checkpoint = self._manifest.id if self._manifest else None
             try:
-                await self._build(append=True)
+                await self._rebuild(failure.actor)
             except ActorFailed as again:
                 failure = again
                 continue
             self._restarts += 1
             self._log.record("restart", failure.actor, failure.error, checkpoint=checkpoint,
                              attempt=decision.attempt, delay_s=decision.delay_s,
-                             rebuilt_in_s=round(time.time() - failed_at, 3))
+                             strategy=self._config.supervision.strategy,
+                             resumed_at=self._resumed_at,
+                             rebuilt_in_s=round(self._resumed_at - failed_at, 3))
             return
 
     # -- checkpoints -------------------------------------------------------------------
@@ -293,7 +382,7 @@ class Supervisor:
             raise ActorFailed(await self._culprit("supervisor"),
                               f"during checkpoint {ckpt}: {_cause(e)}") from None
         parts = [*results, *(p for p in scorer_parts if p is not None)]
-        positions: dict[str, int] = {}
+        positions = self._positions()
         for r in results:
             positions.update(r["positions"])
         manifest = await self._commit(seq, ckpt, parts, positions,
@@ -311,15 +400,20 @@ class Supervisor:
         ckpt = checkpoint_id(seq)
         started = time.monotonic()
         ingest_parts = await asyncio.gather(*(a.part.remote(ckpt) for a in self._ingest))
-        scorer_parts = await asyncio.gather(*(s.barrier.remote(ckpt, seq, 1)
+        scorer_parts = await asyncio.gather(*(s.barrier.remote(ckpt, seq, 1, self._generation)
                                               for s in self._scorers))
-        positions: dict[str, int] = {}
+        positions = self._positions()
         for p in ingest_parts:
             positions.update(p["positions"])
         manifest = await self._commit(seq, ckpt, [*ingest_parts, *scorer_parts], positions,
                                       sum(s["events"] for s in stats), final=True)
         await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
         self._note_checkpoint(manifest, time.monotonic() - started)
+
+    def _positions(self) -> dict[str, int]:
+        """Positions a new checkpoint starts from: its predecessor's (a Kafka partition
+        that handed out nothing since stays where it was)."""
+        return dict(self._manifest.positions if self._manifest else self._baseline)
 
     async def _commit(self, seq: int, ckpt: str, parts: list[dict[str, Any]],
                       positions: dict[str, int], events: int, *, final: bool) -> Manifest:
@@ -420,6 +514,14 @@ class Supervisor:
         """Stop reading everywhere; in-flight batches still drain."""
         self._stopped = True
         await asyncio.gather(*(a.stop.remote() for a in self._ingest), return_exceptions=True)
+
+
+async def _settled(ref: ray.ObjectRef) -> None:
+    """Wait for a call to end, however it ends."""
+    try:
+        await ref
+    except Exception:
+        return
 
 
 def _cause(error: BaseException) -> str:

@@ -237,7 +237,10 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
 
     from pipelines.runner import read_status
 
-    cfg = _load(config, None, False, out)
+    try:  # the config only says where the outputs are: its source need not be reachable
+        cfg = load_config(config)
+    except RiffleError as e:
+        raise _Fail(str(e)) from None
     folder = cfg.out_dir if out is None else out
     try:
         st = read_status(folder)

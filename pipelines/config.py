@@ -258,12 +258,8 @@ class OutputConfig(_Frozen):
 
 
 class RestartPolicyConfig(_Frozen):
-    """How the Supervisor answers an actor's failure (Akka's restart directives).
-
-    Every scorer takes input from every ingest actor, so one failure restarts the whole
-    data path from the last checkpoint (Flink's region failover): the policy decides
-    whether and when, and counts the failures per actor role.
-    """
+    """How the Supervisor answers an actor's failure (Akka's restart directives): when to
+    restart (backoff), and when to stop trying (escalation), per actor role."""
 
     max_restarts: Annotated[int, Field(ge=0)] = 5
     within_s: Annotated[float, Field(gt=0)] = 60.0
@@ -282,10 +278,18 @@ class RestartPolicyConfig(_Frozen):
 
 
 class SupervisionConfig(_Frozen):
+    strategy: Literal["one_for_one", "all_for_one"] = "one_for_one"
+    """After a failure, ``one_for_one`` replaces the failed actor and rewinds the others
+    in place to the last checkpoint; ``all_for_one`` replaces every actor. Either way the
+    data path continues from the checkpoint (every scorer takes input from every ingest
+    actor, so all of them must rewind for the models to stay exact)."""
     ping_interval_s: Annotated[float, Field(gt=0)] = 2.0
     """How often the Supervisor pings every actor."""
     ping_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     """An actor that has not answered a ping for this long is hung: it counts as failed."""
+    start_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    """A new actor that is not up after this long failed to start (its process may wait
+    for a CPU or a node on a busy cluster)."""
     scorer: RestartPolicyConfig = RestartPolicyConfig()
     ingest: RestartPolicyConfig = RestartPolicyConfig()
     sink: RestartPolicyConfig = RestartPolicyConfig()

@@ -145,9 +145,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: None
         {"source": {"partitions": 1, "n_events": N_EVENTS, "label_delay_events": 20,
                     "n_keys": 500},
          "ingest": {"n_actors": 1, "batch_size": 200}, "scoring": {"n_actors": 2},
-         "output": {"out_dir": str(out)}, "checkpoint": {"interval_s": 1.0}}))
+         "output": {"out_dir": str(out)},
+         "checkpoint": {"interval_s": None, "every_events": 5_000}}))
     summary = run_pipeline(config)
     assert summary["supervision"]["restarts"] == 0
+    # Checkpoints by count of events: one per 5,000 read (the last may race the end).
+    periodic = [c["events_read"] for c in summary["supervision"]["checkpoints"]
+                if not c["final"]]
+    assert len(periodic) >= 3
+    assert all(b - a >= 5_000 for a, b in zip([0, *periodic], periodic, strict=False))
     return final_models(out)
 
 
