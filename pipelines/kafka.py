@@ -8,7 +8,8 @@ from typing import Any
 from pipelines.config import KafkaConfig
 from pipelines.errors import SourceError
 
-__all__ = ["admin_client", "client_options", "connect_headers", "ensure_topics", "producer"]
+__all__ = ["admin_client", "client_options", "connect_headers", "ensure_topics",
+           "group_positions", "producer", "rewind_group"]
 
 # Reconnect quickly after a broker outage; kafka-python's default backs off up to 30 s.
 RECONNECT_BACKOFF_MAX_MS = 2_000
@@ -94,3 +95,75 @@ def connect_headers(error_class: str, message: str, topic: str, partition: int,
         ("__connect.errors.partition", str(partition).encode()),
         ("__connect.errors.offset", str(offset).encode()),
     ]
+
+
+def rewind_group(cfg: KafkaConfig, positions: dict[str, int], *, timeout_s: float = 30.0
+                 ) -> None:
+    """Set the consumer group's committed offsets to ``positions`` (a checkpoint's,
+    ``{"topic[p]": offset}``), so that the group's next members read from there.
+
+    Offsets of a group can only be altered while it has no member: members that are
+    still listed (a consumer whose process was killed stays until its session times
+    out) are removed first. The caller has closed its own consumers.
+    """
+    import time
+
+    import kafka.errors as Errors
+    from kafka.admin import MemberToRemove
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    offsets = {}
+    for name, offset in positions.items():
+        topic, _, rest = name.rpartition("[")
+        offsets[TopicPartition(topic, int(rest.rstrip("]")))] = OffsetAndMetadata(offset, "", -1)
+    admin = admin_client(cfg, client_id=f"{cfg.group_id}-rewind")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            group = admin.describe_groups([cfg.group_id]).get(cfg.group_id, {})
+            members = [m["member_id"] for m in group.get("members", [])]
+            if members:
+                admin.remove_group_members(
+                    cfg.group_id, [MemberToRemove(member_id=m, reason="riffle: rewind to a "
+                                                  "checkpoint") for m in members])
+            if offsets:
+                errors = admin.alter_group_offsets(cfg.group_id, offsets)
+                failed = {tp: e for tp, e in errors.items() if e is not Errors.NoError}
+            else:
+                failed = {}
+            if not failed:
+                return
+            if time.monotonic() > deadline:
+                raise SourceError(f"kafka group {cfg.group_id}: cannot set its offsets to the "
+                                  f"checkpoint's within {timeout_s} s: {failed}")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def group_positions(cfg: KafkaConfig) -> dict[str, int]:
+    """Where the consumer group would start reading the events and feedback topics now,
+    ``{"topic[p]": offset}``: its committed offsets, else the start or end of the log as
+    ``auto_offset_reset`` says (a checkpoint's positions start from these)."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    admin = admin_client(cfg, client_id=f"{cfg.group_id}-positions")
+    consumer = KafkaConsumer(**client_options(cfg, client_id=f"{cfg.group_id}-positions"),
+                             enable_auto_commit=False)
+    try:
+        committed = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id, {})
+        tps = [TopicPartition(topic, p)
+               for topic in (cfg.topics.events, cfg.topics.feedback)
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        fallback = (consumer.beginning_offsets(tps) if cfg.auto_offset_reset == "earliest"
+                    else consumer.end_offsets(tps))
+        out = {}
+        for tp in tps:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else fallback[tp]
+            out[f"{tp.topic}[{tp.partition}]"] = int(offset)
+        return out
+    finally:
+        consumer.close()
+        admin.close()
