@@ -292,9 +292,16 @@ class Supervisor:
             if self._store is None or done or self._stopped or self._ckpt_task is not None:
                 continue
             due = now >= next_ckpt
-            if not due and ckpt.every_events and now >= next_count:
+            if (due or ckpt.every_events) and now >= next_count:
                 next_count = now + 0.5
-                due = await self._events_read() - events_at_ckpt >= ckpt.every_events
+                events, positions = await self._progress()
+                if ckpt.every_events and events - events_at_ckpt >= ckpt.every_events:
+                    due = True
+                elif due and positions == self._positions():  # nothing read since the last
+                    due = False
+                    next_ckpt = now + (ckpt.interval_s or float("inf"))
+            else:
+                due = False
             if due:
                 self._ckpt_task = asyncio.create_task(self._checkpoint())
         if self._ckpt_task is not None:
@@ -305,9 +312,13 @@ class Supervisor:
             await self._final_checkpoint(stats)
         return stats
 
-    async def _events_read(self) -> int:
+    async def _progress(self) -> tuple[int, dict[str, int]]:
+        """Events read so far, and the positions the ingest actors have reached."""
         stats = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
-        return sum(s["events"] for s in stats)
+        positions = self._positions()
+        for st in stats:
+            positions.update(st["positions"])
+        return sum(st["events"] for st in stats), positions
 
     async def _culprit(self, reporter: str) -> str:
         """Which actor failed: the first that no longer answers, else the reporter."""

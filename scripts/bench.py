@@ -46,7 +46,7 @@ def make_config(source: dict[str, Any], n_ingest: int, n_scorers: int, out: Path
         "ingest": {"n_actors": n_ingest, "num_cpus": 0, **over.get("ingest", {})},
         "scoring": {"n_actors": n_scorers, "num_cpus": 0},
         "output": {"out_dir": str(out)},
-        **({"runtime": over["runtime"]} if "runtime" in over else {}),
+        **{k: over[k] for k in ("runtime", "checkpoint", "supervision") if k in over},
     })
 
 
@@ -127,6 +127,72 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
             "memory": mem.samples}
 
 
+def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[str, Any]:
+    """Throughput with checkpoints every 5 s vs none, alternating runs (1 ingest + 2
+    scoring); the pause each checkpoint costs and its size."""
+    runs: dict[str, list[dict[str, Any]]] = {"none": [], "5s": []}
+    pauses: list[float] = []
+    sizes: list[int] = []
+    from pipelines.runner import run_pipeline
+
+    for i in range(repeats):
+        for mode in ("none", "5s"):
+            ckpt = {"enabled": False} if mode == "none" else {"interval_s": 5.0}
+            out = tmpdir / f"ckpt-{mode}-{i}"
+            s = run_pipeline(make_config(source, 1, 2, out, checkpoint=ckpt))
+            runs[mode].append({"events_per_s": s["events_per_s"], "events": s["events"]})
+            periodic = [c for c in s["supervision"]["checkpoints"] if not c["final"]]
+            pauses += [c["pause_s"] for c in periodic]
+            sizes += [c["bytes"] for c in periodic]
+    rate = {m: sum(r["events_per_s"] for r in rs) / len(rs) for m, rs in runs.items()}
+    return {"events_per_s": rate, "runs": runs,
+            "loss": 1 - rate["5s"] / rate["none"],
+            "pause_s": {"n": len(pauses), "mean": sum(pauses) / max(1, len(pauses)),
+                        "max": max(pauses, default=0.0)},
+            "bytes": {"mean": sum(sizes) / max(1, len(sizes)), "max": max(sizes, default=0)}}
+
+
+def recovery_time(source: dict[str, Any], tmpdir: Path, victim: str) -> dict[str, Any]:
+    """kill -9 of ``victim``'s worker mid-stream: from the kill to the first prediction
+    of the restarted pipeline, and how long the supervisor took to notice."""
+    import signal
+
+    import ray
+
+    from pipelines.runner import run_pipeline
+
+    out = tmpdir / f"recovery-{victim}"
+    config = make_config(source, 1, 2, out, checkpoint={"interval_s": 2.0},
+                         supervision={"ping_interval_s": 0.5,
+                                      victim.split("-")[0]: {"backoff_initial_s": 0.0,
+                                                             "backoff_jitter": 0.0}})
+    handle: list[Any] = []
+    killed_at: list[float] = []
+
+    def killer() -> None:
+        while not handle:
+            time.sleep(0.05)
+        time.sleep(6.0)
+        pid = ray.get(handle[0].pids.remote())[victim]
+        killed_at.append(time.time())
+        os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    s = run_pipeline(config, on_started=handle.append)
+    t.join()
+    log = [orjson.loads(line) for line in (out / "supervision.jsonl").read_bytes().splitlines()]
+    failure = next(e for e in log if e["kind"] == "failure")
+    restart = next(e for e in log if e["kind"] == "restart")
+    first = min(orjson.loads(line)["scored_at"]
+                for line in (out / "predictions.jsonl").read_bytes().splitlines()
+                if orjson.loads(line)["scored_at"] >= restart["resumed_at"])
+    return {"victim": victim, "detected_s": failure["at"] - killed_at[0],
+            "rebuilt_s": restart["resumed_at"] - killed_at[0],
+            "first_prediction_s": first - killed_at[0], "events": s["events"],
+            "restored": restart["checkpoint"]}
+
+
 def fmt_row(name: str, r: dict[str, Any], base: float | None) -> str:
     ratio = f"{r['events_per_s'] / base:.2f}x" if base else "-"
     peak = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
@@ -149,6 +215,10 @@ def main() -> None:
     ap.add_argument("--only-memory", action="store_true",
                     help="skip the throughput table (with --memory-events)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--checkpoint-repeats", type=int, default=2,
+                    help="alternating runs with and without checkpoints (0: skip)")
+    ap.add_argument("--only-checkpoints", action="store_true",
+                    help="only the checkpoint cost and recovery time")
     args = ap.parse_args()
 
     import ray
@@ -166,7 +236,8 @@ def main() -> None:
         synthetic = {"kind": "synthetic", "partitions": 4, "n_events": args.synthetic_events,
                      "label_delay_events": 20}
         rows = []
-        workloads = [] if args.only_memory else [("replay", replay), ("synthetic", synthetic)]
+        workloads = ([] if args.only_memory or args.only_checkpoints
+                     else [("replay", replay), ("synthetic", synthetic)])
         for wl_name, source in workloads:
             loop = plain_loop(make_config(source, 1, 1, tmpdir / f"{wl_name}-loop"),
                               tmpdir / f"{wl_name}-loop")
@@ -197,6 +268,11 @@ def main() -> None:
             rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r, loop_rate))
             results["memory"] = {"events": r["events"], "rss_after_20s_mib": first / 2**20,
                                  "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"]}
+        if args.checkpoint_repeats and not args.only_memory:
+            results["checkpoints"] = checkpoint_cost(replay, tmpdir, args.checkpoint_repeats)
+            slow = dict(replay, rate_per_s=5_000)
+            results["recovery"] = [recovery_time(slow, tmpdir, v)
+                                   for v in ("scorer-0", "ingest-0", "sink")]
     ray.shutdown()
     print(HEADER)
     print("\n".join(rows))
@@ -204,6 +280,17 @@ def main() -> None:
         m = results["memory"]
         print(f"\nmemory over {m['events']:,} events: {m['rss_after_20s_mib']:.0f} MiB after 20 s, "
               f"{m['rss_at_end_mib']:.0f} MiB at the end (peak {m['peak_mib']:.0f} MiB)")
+    if "checkpoints" in results:
+        c = results["checkpoints"]
+        print(f"\ncheckpoints (replay, 1 ingest + 2 scoring, {args.checkpoint_repeats} runs each, "
+              f"alternating): none {c['events_per_s']['none']:,.0f}/s, every 5 s "
+              f"{c['events_per_s']['5s']:,.0f}/s (loss {c['loss']:.1%}); pause per checkpoint "
+              f"mean {c['pause_s']['mean'] * 1000:.0f} ms, max {c['pause_s']['max'] * 1000:.0f} "
+              f"ms over {c['pause_s']['n']}; size mean {c['bytes']['mean'] / 2**20:.2f} MiB")
+        for r in results["recovery"]:
+            print(f"recovery after kill -9 of {r['victim']}: noticed in {r['detected_s']:.2f} s, "
+                  f"reading again after {r['rebuilt_s']:.2f} s, first prediction after "
+                  f"{r['first_prediction_s']:.2f} s (restored {r['restored']})")
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 

@@ -103,6 +103,27 @@ def test_cli_run_file_with_bad_lines_goes_on_and_writes_outputs(tmp_path: Path) 
         "empty line", "invalid JSON", "key"]
     assert "events" in result.stdout  # the summary table
     wait_until(lambda: not (ray_pids() - before), 30, "the run's Ray processes to exit")
+    # The run's status afterwards: finished, its final checkpoint, the supervision log.
+    status = riffle("status", str(config), "--out", str(tmp_path / "out"), timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "finished" in status.stdout and "ckpt-" in status.stdout
+    assert "start" in status.stdout and "final" in status.stdout
+    # A second run with --resume starts from that final checkpoint: nothing is left to read.
+    again = riffle("run", str(config), "--out", str(tmp_path / "out"), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert len(read_jsonl(tmp_path / "out" / "predictions.jsonl")) == 3000
+    resumed = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert resumed["events"] == 3003 and resumed["scored"] == 3000
+
+
+def test_cli_status_and_resume_without_a_run_exit_2(tmp_path: Path) -> None:
+    config = _config(tmp_path, "name: none\nsource: {kind: synthetic}\n")
+    status = riffle("status", str(config), "--out", str(tmp_path / "out"), timeout=60)
+    assert status.returncode == 2 and "no status.json" in status.stderr
+    resume = riffle("run", str(config), "--out", str(tmp_path / "out"), "--resume", timeout=120)
+    assert resume.returncode == 2, resume.stderr
+    assert resume.stderr.strip().splitlines()[-1].startswith(
+        "riffle: error: --resume: no committed checkpoint in ")
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
