@@ -230,7 +230,8 @@ class IngestActor:
         with self._barrier_lock:
             self._barrier_result = {"name": self.name, "positions": positions,
                                     "part": part.model_dump(), "scorer_parts": refs,
-                                    "events": self._core.counts["events"]}
+                                    "events": self._core.counts["events"],
+                                    "inject_s": time.monotonic() - started}
             self._barrier_request = None
             self._barrier_done.set()
         self._checkpoint_pause_s += time.monotonic() - started

@@ -10,6 +10,7 @@ and pending labels to the store then (aligned, as in Flink).
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -75,13 +76,16 @@ class ScorerActor:
 
     def _write_part(self, ckpt: str, seq: int) -> dict[str, Any]:
         assert self._store is not None, "checkpoint barrier without a checkpoint store"
+        started = time.monotonic()
         blob = dumps_state(self._core.snapshot())
         if self._drills.armed("checkpoint", seq):
             # Half a part on disk, then the process dies: the drill of a crash mid-checkpoint.
             self._store.write_part(ckpt, self._core.name, blob[: len(blob) // 2])
             self._drills.fire("checkpoint", seq)
         part = self._store.write_part(ckpt, self._core.name, blob)
-        return {"name": self._core.name, "part": part.model_dump()}
+        # The time this scorer spent on it instead of scoring: its share of the pause.
+        return {"name": self._core.name, "part": part.model_dump(),
+                "write_s": time.monotonic() - started}
 
     def committed(self, ckpt: str) -> None:
         """The checkpoint is committed: predictions from now on name it."""

@@ -80,6 +80,8 @@ class Supervisor:
         self._done: list[dict[str, Any]] = []
         self._retired: list[dict[str, Any]] = []
         self._checkpoints: list[dict[str, Any]] = []
+        self._n_checkpoints = 0
+        """The last checkpoints taken (bounded: a long run takes many)."""
         self._restarts = 0
         self._main: asyncio.Task[list[dict[str, Any]]] | None = None
         self._ckpt_task: asyncio.Task[Manifest | None] | None = None
@@ -399,9 +401,14 @@ class Supervisor:
         manifest = await self._commit(seq, ckpt, parts, positions,
                                       sum(r["events"] for r in results), final=False)
         await self._resume_all()
-        pause = time.monotonic() - started
+        duration = time.monotonic() - started
+        # How long reading or scoring stood still for it: held ingest actors wait for the
+        # whole checkpoint; a single one only while it injects, and scorers while they write.
+        writes = [p.get("write_s", 0.0) for p in scorer_parts if p is not None]
+        pause = duration if hold else (max(r["inject_s"] for r in results)
+                                       + max(writes, default=0.0))
         await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
-        self._note_checkpoint(manifest, pause)
+        self._note_checkpoint(manifest, pause, duration)
         return manifest
 
     async def _final_checkpoint(self, stats: list[dict[str, Any]]) -> None:
@@ -419,7 +426,7 @@ class Supervisor:
         manifest = await self._commit(seq, ckpt, [*ingest_parts, *scorer_parts], positions,
                                       sum(s["events"] for s in stats), final=True)
         await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
-        self._note_checkpoint(manifest, time.monotonic() - started)
+        self._note_checkpoint(manifest, 0.0, time.monotonic() - started)
 
     def _positions(self) -> dict[str, int]:
         """Positions a new checkpoint starts from: its predecessor's (a Kafka partition
@@ -440,14 +447,17 @@ class Supervisor:
         await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
         return manifest
 
-    def _note_checkpoint(self, manifest: Manifest, pause_s: float) -> None:
+    def _note_checkpoint(self, manifest: Manifest, pause_s: float, duration_s: float) -> None:
         size = sum(p.bytes for p in manifest.parts.values())
         info = {"id": manifest.id, "events_read": manifest.events_read, "bytes": size,
-                "pause_s": round(pause_s, 4), "final": manifest.final}
+                "pause_s": round(pause_s, 4), "duration_s": round(duration_s, 4),
+                "final": manifest.final}
         self._checkpoints.append(info)
+        del self._checkpoints[:-100]
+        self._n_checkpoints += 1
         self._log.record("checkpoint", "supervisor", "final" if manifest.final else "periodic",
                          checkpoint=manifest.id, bytes=size, pause_s=info["pause_s"],
-                         positions=manifest.positions)
+                         duration_s=info["duration_s"], positions=manifest.positions)
 
     async def _resume_all(self) -> None:
         await asyncio.gather(*(a.resume.remote() for a in self._ingest),
@@ -494,7 +504,8 @@ class Supervisor:
         return summary
 
     def _supervision_summary(self) -> dict[str, Any]:
-        return {"restarts": self._restarts, "checkpoints": list(self._checkpoints),
+        return {"restarts": self._restarts, "n_checkpoints": self._n_checkpoints,
+                "checkpoints": list(self._checkpoints),
                 "last_checkpoint": self._manifest.id if self._manifest else None,
                 "log": self._log.entries[-20:]}
 

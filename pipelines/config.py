@@ -208,7 +208,7 @@ class IngestConfig(_Frozen):
     """...or when its oldest record has waited this long."""
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = 4
     """Batches per scorer sent but not yet written by the sink (backpressure)."""
-    dedupe_window: Annotated[int, Field(ge=0)] = 1_000_000
+    dedupe_window: Annotated[int, Field(ge=0)] = 100_000
     """How many recent ``record_id`` an ingest actor remembers to drop duplicates."""
     max_abs_value: Annotated[float, Field(gt=0)] = 1e15
     """A feature whose magnitude exceeds this is invalid (a dead letter)."""

@@ -11,7 +11,7 @@ Runtime-free; ``actors.ingest`` wraps it with the Ray sends and the in-flight bo
 >>> routed, dead = core.route([SourceMessage("loans", 0, 0, "event", ok, None, None, 0.0),
 ...                            SourceMessage("loans", 0, 1, "event", ok, None, None, 0.0)])
 >>> sum(len(r) for r in routed), [d.error for d in dead]
-(1, ['duplicate record_id (seen within the last 1000000 records)'])
+(1, ['duplicate record_id (seen within the last 100000 records)'])
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ def rewind_group(cfg: KafkaConfig, positions: dict[str, int], *, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            group = admin.describe_groups([cfg.group_id]).get(cfg.group_id, {})
+            group = _retrying(lambda: admin.describe_groups([cfg.group_id]),
+                              what=f"group {cfg.group_id}").get(cfg.group_id, {})
             members = [m["member_id"] for m in group.get("members", [])]
             if members:
                 admin.remove_group_members(
@@ -152,7 +153,9 @@ def group_positions(cfg: KafkaConfig) -> dict[str, int]:
     consumer = KafkaConsumer(**client_options(cfg, client_id=f"{cfg.group_id}-positions"),
                              enable_auto_commit=False)
     try:
-        committed = admin.list_group_offsets({cfg.group_id: None}).get(cfg.group_id, {})
+        committed = _retrying(lambda: admin.list_group_offsets({cfg.group_id: None}),
+                              what=f"the committed offsets of group {cfg.group_id}"
+                              ).get(cfg.group_id, {})
         tps = [TopicPartition(topic, p)
                for topic in (cfg.topics.events, cfg.topics.feedback)
                for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -167,3 +170,20 @@ def group_positions(cfg: KafkaConfig) -> dict[str, int]:
     finally:
         consumer.close()
         admin.close()
+
+
+def _retrying(call: Any, *, what: str, timeout_s: float = 30.0) -> Any:
+    """``call()``, again while the broker answers with a retriable error (a group
+    coordinator that is still being elected on a fresh broker, a leader moving)."""
+    import time
+
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaError as e:
+            if not getattr(e, "retriable", False) or time.monotonic() > deadline:
+                raise SourceError(f"kafka: cannot get {what}: {e}") from None
+            time.sleep(0.25)

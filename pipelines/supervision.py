@@ -84,6 +84,7 @@ class SupervisionLog:
     def record(self, kind: str, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
         entry = {"at": time.time(), "kind": kind, "actor": actor, "reason": reason, **extra}
         self.entries.append(entry)
+        del self.entries[:-1000]  # the file keeps them all
         if self.path is not None:
             with open(self.path, "ab") as f:
                 f.write(orjson.dumps(entry) + b"\n")

@@ -88,20 +88,37 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _tree_rss(self) -> int:
+        self.by_role: list[tuple[float, dict[str, int]]] = []
+
+    @staticmethod
+    def _role(proc: psutil.Process) -> str:
+        name = proc.name()
+        if name.startswith("ray::"):  # an actor's worker: ray::ScorerActor.process -> scorer
+            actor = name[5:].split(".")[0]
+            return actor.removesuffix("Actor").lower() if actor != "IDLE" else "idle workers"
+        return name if name in ("raylet", "gcs_server") else "driver and other Ray processes"
+
+    def _tree_rss(self) -> tuple[int, dict[str, int]]:
         me = psutil.Process()
         total = me.memory_info().rss
+        roles: dict[str, int] = {"driver and other Ray processes": total}
         for child in me.children(recursive=True):
             try:
-                total += child.memory_info().rss
+                rss = child.memory_info().rss
+                role = self._role(child)
             except psutil.Error:
-                pass
-        return total
+                continue
+            total += rss
+            roles[role] = roles.get(role, 0) + rss
+        return total, roles
 
     def _run(self) -> None:
         t0 = time.monotonic()
         while not self._stop.wait(self.interval_s):
-            self.samples.append((time.monotonic() - t0, self._tree_rss()))
+            total, roles = self._tree_rss()
+            now = time.monotonic() - t0
+            self.samples.append((now, total))
+            self.by_role.append((now, roles))
 
     def __enter__(self) -> MemorySampler:
         self._thread.start()
@@ -124,7 +141,7 @@ def pipeline(config: PipelineConfig) -> dict[str, Any]:
     return {"events": s["events"], "events_per_s": s["events_per_s"],
             "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
             "accuracy": s["metrics"].get("accuracy"), "peak_rss_mib": mem.peak_mib,
-            "memory": mem.samples}
+            "memory": mem.samples, "memory_by_role": mem.by_role}
 
 
 def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[str, Any]:
@@ -132,6 +149,7 @@ def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[
     scoring); the pause each checkpoint costs and its size."""
     runs: dict[str, list[dict[str, Any]]] = {"none": [], "5s": []}
     pauses: list[float] = []
+    durations: list[float] = []
     sizes: list[int] = []
     from pipelines.runner import run_pipeline
 
@@ -143,12 +161,15 @@ def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[
             runs[mode].append({"events_per_s": s["events_per_s"], "events": s["events"]})
             periodic = [c for c in s["supervision"]["checkpoints"] if not c["final"]]
             pauses += [c["pause_s"] for c in periodic]
+            durations += [c["duration_s"] for c in periodic]
             sizes += [c["bytes"] for c in periodic]
     rate = {m: sum(r["events_per_s"] for r in rs) / len(rs) for m, rs in runs.items()}
     return {"events_per_s": rate, "runs": runs,
             "loss": 1 - rate["5s"] / rate["none"],
             "pause_s": {"n": len(pauses), "mean": sum(pauses) / max(1, len(pauses)),
                         "max": max(pauses, default=0.0)},
+            "duration_s": {"mean": sum(durations) / max(1, len(durations)),
+                           "max": max(durations, default=0.0)},
             "bytes": {"mean": sum(sizes) / max(1, len(sizes)), "max": max(sizes, default=0)}}
 
 
@@ -266,8 +287,14 @@ def main() -> None:
             first, last = (warm[0], warm[-1]) if warm else (0, 0)
             loop_rate = results.get("synthetic/loop", {}).get("events_per_s")
             rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r, loop_rate))
+            roles = [(t, m) for t, m in r["memory_by_role"] if t > 20]
             results["memory"] = {"events": r["events"], "rss_after_20s_mib": first / 2**20,
-                                 "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"]}
+                                 "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"],
+                                 "by_role_mib": {
+                                     role: [round(roles[0][1].get(role, 0) / 2**20),
+                                            round(roles[len(roles) // 2][1].get(role, 0) / 2**20),
+                                            round(roles[-1][1].get(role, 0) / 2**20)]
+                                     for role in roles[-1][1]} if roles else {}}
         if args.checkpoint_repeats and not args.only_memory:
             results["checkpoints"] = checkpoint_cost(replay, tmpdir, args.checkpoint_repeats)
             slow = dict(replay, rate_per_s=5_000)
@@ -280,13 +307,18 @@ def main() -> None:
         m = results["memory"]
         print(f"\nmemory over {m['events']:,} events: {m['rss_after_20s_mib']:.0f} MiB after 20 s, "
               f"{m['rss_at_end_mib']:.0f} MiB at the end (peak {m['peak_mib']:.0f} MiB)")
+        print("RSS MiB by role (after 20 s / halfway / at the end):")
+        for role, (a, b, c) in sorted(m["by_role_mib"].items()):
+            print(f"  {role:<32} {a:>6} {b:>6} {c:>6}")
     if "checkpoints" in results:
         c = results["checkpoints"]
         print(f"\ncheckpoints (replay, 1 ingest + 2 scoring, {args.checkpoint_repeats} runs each, "
               f"alternating): none {c['events_per_s']['none']:,.0f}/s, every 5 s "
               f"{c['events_per_s']['5s']:,.0f}/s (loss {c['loss']:.1%}); pause per checkpoint "
               f"mean {c['pause_s']['mean'] * 1000:.0f} ms, max {c['pause_s']['max'] * 1000:.0f} "
-              f"ms over {c['pause_s']['n']}; size mean {c['bytes']['mean'] / 2**20:.2f} MiB")
+              f"ms over {c['pause_s']['n']}; checkpoint duration mean "
+              f"{c['duration_s']['mean'] * 1000:.0f} ms; size mean "
+              f"{c['bytes']['mean'] / 2**20:.2f} MiB")
         for r in results["recovery"]:
             print(f"recovery after kill -9 of {r['victim']}: noticed in {r['detected_s']:.2f} s, "
                   f"reading again after {r['rebuilt_s']:.2f} s, first prediction after "

@@ -101,6 +101,8 @@ class FileReader:
         self._eof = False
         self._limiter = RateLimiter(
             cfg.rate_per_s * len(partitions) / cfg.partitions if cfg.rate_per_s else None)
+        if not cfg.follow:
+            self._catch_up()
 
     def _parse(self, line: bytes) -> tuple[dict[str, Any] | None, str | None]:
         if not line.strip():
@@ -126,34 +128,10 @@ class FileReader:
 
     def read(self, max_n: int) -> list[SourceMessage]:
         now = time.time()
-        n_parts = self._cfg.partitions
         budget = self._limiter.allowance(max_n)
         while budget > 0 and not self._eof:
-            line = self._read_line()
-            if line is None:
-                if not self._cfg.follow:
-                    self._eof = True
-                    for log in self._logs.values():
-                        log.finish()
+            if not self._consume_line(now):
                 break
-            if self._csv and self._header is None:
-                self._header = next(csv.reader([line.decode("utf-8", "replace")]))
-                continue
-            line_no = self._line_no
-            self._line_no += 1
-            row, error = self._parse(line.rstrip(b"\r\n"))
-            key = row.get(self._cfg.key_column) if row is not None else None
-            part = (partition_of(str(key), n_parts) if isinstance(key, str | int)
-                    else line_no % n_parts)
-            if part not in self._logs:
-                continue
-            log = self._logs[part]
-            raw = line.rstrip(b"\r\n")
-            if row is None:
-                log.append_event(None, feedback=None, now=now, raw=raw, error=error)
-            else:
-                event, feedback = split_row(row, self._cfg)
-                log.append_event(event, feedback=feedback, now=now, raw=raw)
             budget -= 1
         out: list[SourceMessage] = []
         for log in self._logs.values():
@@ -161,6 +139,44 @@ class FileReader:
                 log.release(now)
             out.extend(log.take(log.buffered))
         return out
+
+    def _consume_line(self, now: float) -> bool:
+        """Read one line into its partition's log; False at the end of the file."""
+        line = self._read_line()
+        if line is None:
+            if not self._cfg.follow:
+                self._eof = True
+                for log in self._logs.values():
+                    log.finish()
+            return False
+        if self._csv and self._header is None:
+            self._header = next(csv.reader([line.decode("utf-8", "replace")]))
+            return True
+        line_no = self._line_no
+        self._line_no += 1
+        row, error = self._parse(line.rstrip(b"\r\n"))
+        key = row.get(self._cfg.key_column) if row is not None else None
+        n_parts = self._cfg.partitions
+        part = (partition_of(str(key), n_parts) if isinstance(key, str | int)
+                else line_no % n_parts)
+        target = self._logs.get(part)
+        if target is None:
+            return True
+        raw = line.rstrip(b"\r\n")
+        if row is None:
+            target.append_event(None, feedback=None, now=now, raw=raw, error=error)
+        else:
+            event, feedback = split_row(row, self._cfg)
+            target.append_event(event, feedback=feedback, now=now, raw=raw)
+        return True
+
+    def _catch_up(self) -> None:
+        """Resuming: go through what comes before the resume positions at full speed (the
+        logs drop it), so that the rate limit and the first read apply to new messages."""
+        now = time.time()
+        while (not self._eof and any(log.next_offset < log.start for log in self._logs.values())
+               and self._consume_line(now)):
+            pass
 
     @property
     def exhausted(self) -> bool:

@@ -103,6 +103,10 @@ class SyntheticReader:
                        for p in partitions]
         share = len(partitions) / cfg.partitions
         self._limiter = RateLimiter(cfg.rate_per_s * share if cfg.rate_per_s else None)
+        now = time.time()
+        for part in self._parts:  # resuming: regenerate what comes before at full speed
+            while part.log.next_offset < part.log.start and not part.done:
+                part.generate(1, now)
         self._turn = 0
 
     def read(self, max_n: int) -> list[SourceMessage]:
