@@ -1,0 +1,49 @@
+"""The model registry: every model version, its lineage and its lifecycle, in SQL.
+
+A version is a River model's committed checkpoint (``<pipeline>/ckpt-NNNNNN``) or a
+batch-trained scikit-learn model (``<pipeline>/sk-<hex>``). The registry records what
+it is (class, parameters, code version, config hash), what it learned from (source
+position ranges, labeled examples), how good it was when registered, where its bytes
+are (an artifact URI and SHA-256 in the checkpoint store: loading verifies the hash),
+and every lifecycle event with its time, actor and reasons. SQLite by default,
+PostgreSQL by URL; the schema is migrated with Alembic when a registry is opened.
+"""
+
+from pipelines.registry.migrate import RegistryError, head_revision
+from pipelines.registry.provenance import (
+    CodeVersion,
+    DataManifest,
+    ModelKind,
+    batch_version_id,
+    code_version,
+    river_version_id,
+)
+from pipelines.registry.registry import (
+    EVENT_KINDS,
+    MISSING,
+    Change,
+    EventKind,
+    LifecycleEvent,
+    ModelVersion,
+    Registry,
+    default_actor,
+)
+
+__all__ = [
+    "EVENT_KINDS",
+    "MISSING",
+    "Change",
+    "CodeVersion",
+    "DataManifest",
+    "EventKind",
+    "LifecycleEvent",
+    "ModelKind",
+    "ModelVersion",
+    "Registry",
+    "RegistryError",
+    "batch_version_id",
+    "code_version",
+    "default_actor",
+    "head_revision",
+    "river_version_id",
+]
