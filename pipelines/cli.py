@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.cli_models import models
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import RiffleError, RunFailed
 from pipelines.sources import check_source
@@ -288,6 +289,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         table.add_row("stopped", "by request (in-flight batches drained)")
     table.add_row("output", str(out))
     Console().print(table)
+
+
+cli.add_command(models)
 
 
 def main() -> None:
