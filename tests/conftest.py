@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from pipelines.config import PipelineConfig
+from tests.postgres_db import postgres_url  # noqa: F401
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
