@@ -20,7 +20,9 @@ from rich.table import Table
 from pipelines.cli_models import models
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import RiffleError, RunFailed
-from pipelines.sources import check_source
+
+# Sources, models and Ray are imported by the commands that need them: `riffle status`
+# or `riffle models` should not pay for River's and scikit-learn's imports.
 
 __all__ = ["main"]
 
@@ -51,6 +53,8 @@ def _load(path: Path, events: int | None, endless: bool, out: Path | None) -> Pi
     if out is not None:
         overrides["output.out_dir"] = str(out)
     try:
+        from pipelines.sources import check_source
+
         config = load_config(path, **overrides)
         check_source(config)
     except RiffleError as e:
@@ -174,7 +178,7 @@ def produce(config: Path, events: int | None, rate: float | None, from_file: Pat
     from pipelines.config import FileSourceConfig, SyntheticSourceConfig
     from pipelines.kafka import ensure_topics
     from pipelines.produce import produce as produce_stream
-    from pipelines.sources import open_reader
+    from pipelines.sources import check_source, open_reader
 
     cfg = _load(config, None, False, None)
     partitions = getattr(cfg.source, "partitions", 1)

@@ -202,11 +202,16 @@ def test_kill_9_of_an_actor_restarts_from_the_checkpoint_with_the_same_final_mod
     restart = check_recovered(tmp_path / "out", reference)
     assert restart["actor"] == actor
     assert restart["checkpoint"] is not None
+    # What `riffle status` showed while the run went on after the restart.
+    status = orjson.loads((tmp_path / "out" / "status.json").read_bytes())
+    assert status["supervision"]["restarts"] == 1
 
 
 def test_a_hung_scorer_is_found_by_the_ping_and_replaced(
         make_config: Any, tmp_path: Path, reference: dict[str, Any]) -> None:
-    run = Run(config_for(make_config, tmp_path / "out"))
+    """Frozen with SIGSTOP, it never answers again; all_for_one replaces every actor."""
+    run = Run(config_for(make_config, tmp_path / "out",
+                         supervision={"strategy": "all_for_one"}))
     pid = kill_mid_stream(run, "scorer-1", signal.SIGSTOP)
     try:
         run.result()
@@ -217,7 +222,8 @@ def test_a_hung_scorer_is_found_by_the_ping_and_replaced(
             pass
     failure = next(e for e in supervision_log(tmp_path / "out") if e["kind"] == "failure")
     assert failure["actor"] == "scorer-1" and "hung" in failure["reason"]
-    check_recovered(tmp_path / "out", reference)
+    restart = check_recovered(tmp_path / "out", reference)
+    assert restart["strategy"] == "all_for_one"
 
 
 def test_a_crash_while_writing_a_checkpoint_never_uses_it(
