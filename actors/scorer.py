@@ -84,8 +84,10 @@ class ScorerActor:
             self._drills.fire("checkpoint", seq)
         part = self._store.write_part(ckpt, self._core.name, blob)
         # The time this scorer spent on it instead of scoring: its share of the pause.
+        stats = self._core.stats()
         return {"name": self._core.name, "part": part.model_dump(),
-                "write_s": time.monotonic() - started}
+                "write_s": time.monotonic() - started, "learned": stats["learned"],
+                "n_metric": stats["n_metric"], "metrics": stats["metrics"]}
 
     def committed(self, ckpt: str) -> None:
         """The checkpoint is committed: predictions from now on name it."""

@@ -32,6 +32,7 @@ from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, RunFailed
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
 from pipelines.models import build_model, task_of
+from pipelines.scoring import merge_metrics
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
 
@@ -70,6 +71,7 @@ class Supervisor:
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
                           "sink": RestartPolicy(sup.sink)}
         self._manifest: Manifest | None = None
+        self._registry: Any = None
         self._baseline: dict[str, int] = {}
         """Source positions where the run started (Kafka): the base of every checkpoint's."""
         self._seq = 1
@@ -101,6 +103,11 @@ class Supervisor:
         if cfg.checkpoint.enabled or resume:
             self._store = await loop.run_in_executor(None, CheckpointStore, self._store_url)
             self._seq = await loop.run_in_executor(None, self._store.next_seq)
+        if cfg.registry.enabled and self._store is not None:
+            from pipelines.registry import Registry
+
+            url = cfg.registry.url or f"sqlite:///{self._out_dir / 'registry.db'}"
+            self._registry = await loop.run_in_executor(None, Registry, url)
         if resume:
             assert self._store is not None
             self._manifest = await loop.run_in_executor(None, self._store.latest)
@@ -443,9 +450,32 @@ class Supervisor:
                             events_read=events, final=final)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._store.commit, manifest)
-        self._manifest = manifest
+        parent, self._manifest = self._manifest, manifest
         await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
+        scorers = [p for p in parts if "learned" in p]
+        await loop.run_in_executor(None, self._register, manifest, parent, scorers)
         return manifest
+
+    def _register(self, manifest: Manifest, parent: Manifest | None,
+                  scorers: list[dict[str, Any]]) -> None:
+        """Record the checkpoint as a model version; a registry that fails is logged, and
+        the pipeline goes on (the checkpoint itself is committed)."""
+        if self._registry is None:
+            return
+        from pipelines.registry import river_version_id
+
+        spec = self._config.scoring.model
+        try:
+            self._registry.register_checkpoint(
+                self._store_url, manifest,
+                model_class=" | ".join(step.name for step in spec.steps),
+                params={"steps": [step.model_dump(mode="json") for step in spec.steps],
+                        "version": spec.version},
+                n_learned=sum(p["learned"] for p in scorers),
+                parent_id=river_version_id(manifest.pipeline, parent.id) if parent else None,
+                metrics=merge_metrics(scorers), start_positions=self._baseline or None)
+        except Exception as e:
+            self._log.record("registry_error", "supervisor", _cause(e), checkpoint=manifest.id)
 
     def _note_checkpoint(self, manifest: Manifest, pause_s: float, duration_s: float) -> None:
         size = sum(p.bytes for p in manifest.parts.values())

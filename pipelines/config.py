@@ -35,6 +35,7 @@ __all__ = [
     "ModelSpec",
     "OutputConfig",
     "PipelineConfig",
+    "RegistryConfig",
     "RestartPolicyConfig",
     "RuntimeConfig",
     "ScoringConfig",
@@ -312,6 +313,15 @@ class CheckpointConfig(_Frozen):
     """A checkpoint not complete after this long is abandoned (never committed)."""
 
 
+class RegistryConfig(_Frozen):
+    """Where model versions are recorded: every committed checkpoint is one."""
+
+    enabled: bool = True
+    url: str | None = None
+    """A SQLAlchemy URL: default ``sqlite:///<out_dir>/registry.db``; PostgreSQL as
+    ``postgresql+psycopg://user@host/db``."""
+
+
 class RuntimeConfig(_Frozen):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     """CPUs of the local Ray started by ``riffle run``; ignored when joining a cluster."""
@@ -339,6 +349,7 @@ class PipelineConfig(_Frozen):
     runtime: RuntimeConfig = RuntimeConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     supervision: SupervisionConfig = SupervisionConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:

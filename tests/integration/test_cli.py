@@ -108,6 +108,11 @@ def test_cli_run_file_with_bad_lines_goes_on_and_writes_outputs(tmp_path: Path) 
     assert status.returncode == 0, status.stderr
     assert "finished" in status.stdout and "ckpt-" in status.stdout
     assert "start" in status.stdout and "final" in status.stdout
+    # Every committed checkpoint is a model version in the run's registry.
+    listed = riffle("models", "list", str(config), "--registry",
+                    f"sqlite:///{tmp_path / 'out' / 'registry.db'}", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "cli/ckpt-00000" in listed.stdout
     # A second run with --resume starts from that final checkpoint: nothing is left to read.
     again = riffle("run", str(config), "--out", str(tmp_path / "out"), "--resume")
     assert again.returncode == 0, again.stderr
