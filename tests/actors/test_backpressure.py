@@ -24,7 +24,7 @@ class SlowScorer:
     def ready(self) -> str:
         return "slow"
 
-    def process(self, data: bytes) -> SinkBatch:
+    def process(self, data: bytes, generation: int = 0) -> SinkBatch:
         time.sleep(0.03)
         return self._core.process(decode_batch(data))
 
