@@ -11,7 +11,7 @@ side's lag on the broker:
 - lag known and > 0 (the fetched position is behind the high watermark): older
   messages may be on their way, so the other side is held, for as long as it takes.
   Memory stays bounded: the reader pauses a side once it holds ``align_max_held``.
-- lag unknown (no fetch response for that side yet): held for at most ``max_wait_s``.
+- lag unknown (that side's end or position not known yet): held at most ``max_wait_s``.
 - lag 0 (caught up, or the side is not ours): released at once.
 
 >>> from pipelines.protocol import SourceMessage

@@ -25,6 +25,9 @@ __all__ = ["KafkaReader", "decode_value"]
 
 log = logging.getLogger(__name__)
 
+# How long the aligner's one lookup of a partition's end may block the read loop.
+END_OFFSET_TIMEOUT_MS = 2_000
+
 
 def decode_value(value: bytes | None, key: bytes | None, *, max_bytes: int,
                  require_key: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -74,13 +77,15 @@ class KafkaReader:
         # Per partition revoked while we held messages of it: the first offset not handed
         # out. Used by the next assignment only (see _assigned).
         self._rewind: dict[Any, int] = {}
+        self._end_offsets: dict[Any, int | None] = {}  # see _end_offset
         self._max_bytes = max_message_bytes
         self._poll_ms = max(1, int(poll_timeout_s * 1000))
         self._next: dict[str, int] = {}
         self._tps: dict[str, Any] = {}
         self._on_revoke = on_revoke
         self._last_message = time.monotonic()  # handed out
-        self._last_fetch = time.monotonic()
+        self._last_fetch = time.monotonic()    # read from the broker
+        self._last_poll = time.monotonic()     # asked the broker
         self._assigned_at: float | None = None
         self._in_rebalance = False
         self.counts = {"commits": 0, "commit_failures": 0, "rebalances": 0}
@@ -136,6 +141,7 @@ class KafkaReader:
 
         for tp in revoked:
             self._next.pop(f"{tp.topic}[{tp.partition}]", None)
+            self._end_offsets.pop(tp, None)
             if lost:
                 # Another member may have read on since we lost it: its committed offset
                 # (which kafka-python fetches, having dropped our position) is the truth.
@@ -167,6 +173,8 @@ class KafkaReader:
         rewind, self._rewind = self._rewind, {}
         for tp, offset in rewind.items():
             if tp in assigned:
+                log.info("%s[%d] assigned back: reading again from %d, the first message "
+                         "held at the revoke", tp.topic, tp.partition, offset)
                 self._consumer.seek(tp, offset)  # local: no request inside the callback
 
     def read(self, max_n: int) -> list[SourceMessage]:
@@ -185,7 +193,7 @@ class KafkaReader:
                 fetched.append(SourceMessage(tp.topic, tp.partition, m.offset, kind, payload,
                                              m.value if m.value is not None else b"", error,
                                              m.timestamp / 1000.0, m.key))
-        now = time.monotonic()
+        now = self._last_poll = time.monotonic()
         if fetched:
             self._last_fetch = now
         if not self._source.align_topics:
@@ -209,7 +217,9 @@ class KafkaReader:
         if tp not in self._consumer.assignment():
             return 0  # not ours (revoked, or that topic has fewer partitions): no wait
         highwater = self._consumer.highwater(tp)
-        if highwater is None:  # no fetch response for it yet
+        if highwater is None:
+            highwater = self._end_offset(tp)
+        if highwater is None:
             return None
         try:
             # The consumer's position, not the last offset we saw: it also moves over
@@ -220,6 +230,25 @@ class KafkaReader:
         if position is None:
             return None
         return max(highwater - position, 0)
+
+    def _end_offset(self, tp: Any) -> int | None:
+        """The end of a partition whose high watermark the consumer does not know yet.
+
+        kafka-python learns it only when it parses a fetch of that partition, which, after
+        a backlog, may come many polls behind the other topic's big fetch: meanwhile the
+        aligner would wait as if the lag were unknown. Asked once per assignment; a
+        failed lookup leaves it unknown.
+        """
+        if tp in self._end_offsets:
+            return self._end_offsets[tp]
+        self._end_offsets[tp] = None
+        try:
+            end = self._consumer.end_offsets([tp], timeout_ms=END_OFFSET_TIMEOUT_MS).get(tp)
+        except Exception as e:  # a hint only: the broker away, no leader, a timeout...
+            log.info("end offset of %s[%d] unknown: %s", tp.topic, tp.partition, e)
+            return None
+        self._end_offsets[tp] = end
+        return end
 
     def _pause_runaways(self) -> None:
         # A side far ahead of the other is paused instead of buffered without bound.
@@ -235,18 +264,19 @@ class KafkaReader:
 
     @property
     def exhausted(self) -> bool:
-        """Nothing arrived, nor was handed out, for ``idle_stop_s``.
+        """Polls for ``idle_stop_s`` brought nothing, and nothing was handed out.
 
-        Held messages normally go within ``align_max_wait_s``, or as soon as the other
-        side's known lag is read; while they wait, the run goes on. Held past the idle
-        time plus that wait with nothing read, the other side's fetch is stuck (say, the
-        broker is away): the run ends anyway, and as held messages were never handed
-        out, they were never committed either, so the next run reads them.
+        Only time spent asking counts: while the caller does not read (backpressure, a
+        checkpoint holding the input), the source is not idle. Held messages normally go
+        within ``align_max_wait_s``, or as soon as the other side's known lag is read;
+        held past the idle time plus that wait with nothing read, the other side's fetch
+        is stuck (say, the broker is away): the run ends anyway, and as held messages
+        were never handed out, they were never committed either; the next run reads them.
         """
         idle = self._source.idle_stop_s
         if idle is None or self._assigned_at is None:
             return False
-        quiet = time.monotonic() - max(self._last_message, self._last_fetch, self._assigned_at)
+        quiet = self._last_poll - max(self._last_message, self._last_fetch, self._assigned_at)
         if self._aligner.n_held:
             return quiet > idle + self._source.align_max_wait_s
         return quiet > idle

@@ -30,7 +30,8 @@ class Record(NamedTuple):
 
 class FakeConsumer:
     """Logs per partition; ``poll`` returns records of one partition at a time, from its
-    position, and (like a fetch response) makes every assigned partition's end known."""
+    position, and makes that partition's end (high watermark) known, as kafka-python
+    does when it hands out a fetch."""
 
     def __init__(self, **config: Any) -> None:
         self.logs: dict[TopicPartition, list[Record]] = {}
@@ -43,6 +44,7 @@ class FakeConsumer:
         self.async_callbacks: list[Callable[[Any, Any], None]] = []
         self.unreadable: set[TopicPartition] = set()  # a fetch that never answers
         self.turns: dict[TopicPartition, int] = {}
+        self.end_lookups = 0
         self.listener: Any = None
 
     # -- the part of KafkaConsumer the reader uses --------------------------------------
@@ -75,15 +77,19 @@ class FakeConsumer:
         self.seeks.append((tp, offset))
         self.positions[tp] = offset
 
+    def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        self.end_lookups += len(tps)
+        return {tp: len(self.logs.get(tp, [])) for tp in tps}
+
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
-        for tp in self.assigned:
-            if tp not in self.unreadable:
-                self.highwaters[tp] = len(self.logs.get(tp, []))
+        for tp in self.assigned:  # positions first: the committed offsets
+            self.positions.setdefault(tp, self.committed.get(tp, 0))
         # Round robin, as kafka-python's fetcher moves a partition read from to the end.
         for tp in sorted(self.assigned, key=lambda tp: (self.turns.get(tp, 0), tp)):
-            position = self.positions.setdefault(tp, self.committed.get(tp, 0))
+            position = self.positions[tp]
             records = self.logs.get(tp, [])[position:position + max_records]
             if records and tp not in self.paused_tps and tp not in self.unreadable:
+                self.highwaters[tp] = len(self.logs[tp])
                 self.positions[tp] = records[-1].offset + 1
                 self.turns[tp] = max(self.turns.values(), default=0) + 1
                 return {tp: records}
@@ -269,3 +275,34 @@ def test_kafka_reader_idle_stop_not_blocked_forever_by_a_stuck_other_side(
     # held events were never handed out, so never committed: the next run reads them).
     assert time.monotonic() - held_since >= 0.5
     assert reader.n_held == 3 and reader.positions() == {}
+
+
+def test_kafka_reader_other_side_end_looked_up_once_while_its_fetch_is_not_handed_out(
+        fake_consumer: list[FakeConsumer]) -> None:
+    # No wait at all on an unknown lag: the events would go at once, were the labels'
+    # end not looked up.
+    reader, consumer = _reader(fake_consumer, align_max_wait_s=0.0)
+    _load(consumer, 10)
+    consumer.rebalance({EV0, FB0})
+
+    out = reader.read(10)
+    assert out == [] and reader.n_held == 10
+    out += reader.read(3) + reader.read(3)
+    for _ in range(5):
+        out += reader.read(10)
+
+    assert _offsets(out) == _interleaved(10)
+    assert consumer.end_lookups == 1  # the feedback partition's, once
+
+
+def test_kafka_reader_idle_time_counts_only_while_read(fake_consumer: list[FakeConsumer]) -> None:
+    import time
+
+    reader, consumer = _reader(fake_consumer, idle_stop_s=0.2)
+    consumer.rebalance({EV0, FB0})
+    assert reader.read(10) == []
+    not_reading_until = time.monotonic() + 0.4
+    while time.monotonic() < not_reading_until:  # the caller is busy: no poll
+        assert not reader.exhausted
+
+    wait_for(lambda: reader.read(10) == [] and reader.exhausted, 10, "the idle stop")
