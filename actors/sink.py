@@ -13,7 +13,10 @@ from pipelines.protocol import Ack, SinkBatch
 from pipelines.sinks import FileSink, KafkaSink
 
 
-@ray.remote(max_restarts=0)
+# Writes run one at a time, in order; pings are answered beside them: a write may wait
+# for the broker (a Kafka outage) for as long as the producer's delivery timeout without
+# the sink counting as hung (a write that never ends raises when the flush times out).
+@ray.remote(max_restarts=0, concurrency_groups={"health": 1})
 class SinkActor:
     def __init__(self, config: PipelineConfig, out_dir: Path, *, append: bool = False) -> None:
         """``append``: continue the output files of an earlier run (after a restart or
@@ -22,9 +25,11 @@ class SinkActor:
             KafkaSink(config.kafka, client_id=f"{config.name}-sink")
             if config.output.kind == "kafka" else FileSink(out_dir, append=append))
 
+    @ray.method(concurrency_group="health")
     def ready(self) -> str:
         return "sink"
 
+    @ray.method(concurrency_group="health")
     def pid(self) -> int:
         return os.getpid()
 

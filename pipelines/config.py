@@ -148,7 +148,9 @@ class KafkaSourceConfig(_Frozen):
     """Hand out each partition's events and feedback in timestamp order (as Kafka Streams
     synchronises its inputs), so that a backlog is learned from as it happened."""
     align_max_wait_s: Annotated[float, Field(ge=0)] = 2.0
-    """How long one side is held while the other may still have older messages."""
+    """How long one side is held while the other's lag is unknown (no fetch of it yet);
+    while the other side is known to have more on the broker, it is held until that comes
+    (Kafka Streams' rule, KIP-695)."""
     align_max_held: Annotated[int, Field(ge=1)] = 20_000
     """Messages held per side and partition before that side is paused."""
 
