@@ -9,7 +9,8 @@ exactly the coefficients of a run without faults. Each test checks
 - accounting: every input ``record_id`` is predicted or dead-lettered;
 - duplicates (records predicted twice) exist only after the positions of the
   checkpoint that the restart restored;
-- the final model equals the fault-free run's (same weights, same scaler statistics).
+- every prediction, including those replayed after the restart, equals the fault-free
+  run's, and so does the final model (same weights, same scaler statistics).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def final_models(out: Path) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: None
               ) -> dict[str, dict[str, Any]]:
-    """The final models of the same stream without faults."""
+    """The final models and every prediction of the same stream without faults."""
     from tests.conftest import _merge
 
     out = tmp_path_factory.mktemp("reference")
@@ -154,7 +155,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: None
                 if not c["final"]]
     assert len(periodic) >= 3
     assert all(b - a >= 5_000 for a, b in zip([0, *periodic], periodic, strict=False))
-    return final_models(out)
+    return {"models": final_models(out),
+            "scores": {p["record_id"]: p["score"] for p in predictions(out)}}
 
 
 def check_recovered(out: Path, reference: dict[str, dict[str, Any]], *, restarts: int = 1
@@ -174,7 +176,11 @@ def check_recovered(out: Path, reference: dict[str, dict[str, Any]], *, restarts
     offsets = {p["record_id"]: p["offset"] for p in preds}
     early = [rid for rid in duplicated if offsets[rid] < floor]
     assert not early, f"{len(early)} duplicates from before checkpoint {restored}'s position"
-    assert final_models(out) == reference
+    # Every prediction (before the failure, replayed, and after) is the fault-free run's.
+    want = reference["scores"]
+    differ = [p["record_id"] for p in preds if p["score"] != want[p["record_id"]]]
+    assert not differ, f"{len(differ)} predictions differ from the fault-free run's: {differ[:3]}"
+    assert final_models(out) == reference["models"]
     return restarts_logged[0]
 
 
@@ -279,5 +285,6 @@ def test_stop_then_resume_continues_from_the_checkpoint(
     assert set(ids) == {f"loans-7-0-{i}" for i in range(N_EVENTS)}
     # A stop drains and checkpoints exactly where it stopped: nothing is predicted twice.
     assert max(ids.values()) == 1
-    assert final_models(out) == reference
+    assert final_models(out) == reference["models"]
+    assert all(p["score"] == reference["scores"][p["record_id"]] for p in predictions(out))
     assert "resume" in [e["kind"] for e in supervision_log(out)]
