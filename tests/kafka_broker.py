@@ -23,11 +23,12 @@ broker log's tail: Kafka tests are meant to fail, never to skip, in that case.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.ports import port_free
 
 __all__ = [
     "BrokerUnavailable",
@@ -58,18 +59,6 @@ def _state_dir() -> Path:
     return Path(os.environ.get("RIFFLE_KAFKA_TEST_STATE", default))
 
 
-def _port_free(port: int) -> bool:
-    # SO_REUSEADDR like the broker's own listener: a port left in TIME_WAIT by
-    # a broker we just stopped is reusable and must not count as taken.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _choose_port() -> int:
     """The test broker's port: the configured one, else the first free pair."""
     configured = os.environ.get("RIFFLE_KAFKA_TEST_PORT")
@@ -77,7 +66,7 @@ def _choose_port() -> int:
         return int(configured)
     # Step by 2: each broker also needs PORT+1 for its controller listener.
     for port in range(DEFAULT_TEST_PORT, DEFAULT_TEST_PORT + 200, 2):
-        if _port_free(port) and _port_free(port + 1):
+        if port_free(HOST, port) and port_free(HOST, port + 1):
             return port
     raise BrokerUnavailable(
         f"no free port pair in {DEFAULT_TEST_PORT}-{DEFAULT_TEST_PORT + 200} on {HOST}"

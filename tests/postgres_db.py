@@ -14,12 +14,13 @@ are never skipped.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.ports import port_free
 
 __all__ = ["postgres_url"]
 
@@ -37,22 +38,12 @@ def _state_dir() -> Path:
     return Path(os.environ.get("RIFFLE_PG_TEST_STATE", default))
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _choose_port() -> int:
     configured = os.environ.get("RIFFLE_PG_TEST_PORT")
     if configured:
         return int(configured)
     for port in range(DEFAULT_TEST_PORT, DEFAULT_TEST_PORT + 100):
-        if _port_free(port):
+        if port_free(HOST, port):
             return port
     pytest.fail(f"no free port in {DEFAULT_TEST_PORT}-{DEFAULT_TEST_PORT + 100} on {HOST}",
                 pytrace=False)
