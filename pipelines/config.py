@@ -26,15 +26,18 @@ from pipelines.errors import ConfigError
 
 __all__ = [
     "CheckpointConfig",
+    "ControlConfig",
     "DriftConfig",
     "FileSourceConfig",
     "IngestConfig",
     "KafkaConfig",
     "KafkaSourceConfig",
     "KafkaTopics",
+    "LaunchConfig",
     "ModelSpec",
     "OutputConfig",
     "PipelineConfig",
+    "PromotionConfig",
     "RegistryConfig",
     "RestartPolicyConfig",
     "RuntimeConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "StepSpec",
     "SupervisionConfig",
     "SyntheticSourceConfig",
+    "TrainingConfig",
     "format_validation_error",
     "load_config",
 ]
@@ -166,6 +170,8 @@ class KafkaTopics(_Frozen):
     dead_letters: str = "riffle.dead-letters"
     models: str = "riffle.models"
     """The control stream of model lifecycle commands."""
+    shadow: str = "riffle.shadow"
+    """Outputs of shadow (dark-launched) models."""
 
 
 class KafkaConfig(_Frozen):
@@ -324,6 +330,91 @@ class RegistryConfig(_Frozen):
     ``postgresql+psycopg://user@host/db``."""
 
 
+class PromotionConfig(_Frozen):
+    """When a candidate replaces the live model by itself (``mode: auto``).
+
+    The candidate is compared with live on the labeled records each of them scored (the
+    same records in shadow mode: a paired test; different keys in canary and A/B: a
+    two-sample test). The gain is correctness (classifiers) or minus the absolute error
+    (regressors). It is promoted when it beats live by more than ``margin`` at the
+    ``false_promotion_rate`` level, looked at every ``check_every`` labeled records per
+    arm from ``min_samples`` to ``max_samples`` (the level is split over the looks, so
+    looking often does not raise the rate); at ``max_samples`` without a win, live stays
+    and the evaluation ends. Every decision and its numbers go to the registry.
+    """
+
+    mode: Literal["manual", "auto"] = "manual"
+    margin: Annotated[float, Field(ge=0)] = 0.0
+    false_promotion_rate: Annotated[float, Field(gt=0, le=0.5)] = 0.05
+    min_samples: Annotated[int, Field(ge=10)] = 1_000
+    check_every: Annotated[int, Field(ge=1)] = 1_000
+    max_samples: Annotated[int, Field(ge=10)] = 20_000
+
+    @model_validator(mode="after")
+    def _window_forward(self) -> PromotionConfig:
+        if self.max_samples < self.min_samples:
+            raise ValueError(f"max_samples ({self.max_samples}) must be >= min_samples "
+                             f"({self.min_samples})")
+        return self
+
+
+class LaunchConfig(_Frozen):
+    """How a candidate version is launched beside the live model when the run starts
+    (the same launches are also sent at any time with ``riffle models deploy``).
+
+    - ``live``: the live model alone (a ``candidate`` here replaces it at start);
+    - ``shadow``: the candidate scores every event too; its outputs go to the shadow
+      output, never to the predictions;
+    - ``canary``: the candidate serves ``share`` of the keys (sticky by a hash of ``key``);
+    - ``ab``: each version in ``weights`` (``live`` names the live model) serves its
+      weight's share of the keys.
+    """
+
+    mode: Literal["live", "shadow", "canary", "ab"] = "live"
+    candidate: str | None = None
+    """A registered version id (``<pipeline>/<id>``) for shadow and canary."""
+    share: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    weights: dict[str, Annotated[float, Field(gt=0)]] = {}
+    promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="after")
+    def _arms_given(self) -> LaunchConfig:
+        if self.mode in ("shadow", "canary") and self.candidate is None:
+            raise ValueError(f"mode {self.mode} needs a candidate version")
+        if self.mode == "ab" and len(self.weights) < 2:
+            raise ValueError(f"mode ab needs at least two weights, got {len(self.weights)}")
+        if self.mode != "ab" and self.weights:
+            raise ValueError(f"weights are for mode ab, not {self.mode}")
+        return self
+
+
+class ControlConfig(_Frozen):
+    """The control stream of model lifecycle commands (deploy, promote, rollback, ...)."""
+
+    kind: Literal["auto", "file", "kafka"] = "auto"
+    """``file``: ``<out_dir>/control.jsonl`` (the embedded channel); ``kafka``: the
+    ``kafka.topics.models`` topic; ``auto``: Kafka when the source is Kafka."""
+    poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.2
+
+
+class TrainingConfig(_Frozen):
+    """``riffle train``: a scikit-learn model fitted on history, registered as a version."""
+
+    estimator: str = "sklearn.linear_model.LogisticRegression"
+    """A scikit-learn estimator by dotted name."""
+    params: dict[str, Any] = {}
+    scale: bool = True
+    """Put a ``StandardScaler`` in front of the estimator."""
+    label_column: str = "label"
+    id_column: str = "record_id"
+    key_column: str = "key"
+    time_column: str | None = "event_time"
+    features: list[str] | None = None
+    """Default: every column but the id, key, time and label."""
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    """Held out (the last rows, in file order) to measure the metrics registered with it."""
+
+
 class RuntimeConfig(_Frozen):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     """CPUs of the local Ray started by ``riffle run``; ignored when joining a cluster."""
@@ -352,6 +443,9 @@ class PipelineConfig(_Frozen):
     checkpoint: CheckpointConfig = CheckpointConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     registry: RegistryConfig = RegistryConfig()
+    launch: LaunchConfig = LaunchConfig()
+    control: ControlConfig = ControlConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:
@@ -361,6 +455,12 @@ class PipelineConfig(_Frozen):
                 f"({self.source.partitions}): an ingest actor owns whole partitions"
             )
         return self
+
+    @property
+    def control_kind(self) -> Literal["file", "kafka"]:
+        if self.control.kind != "auto":
+            return self.control.kind
+        return "kafka" if self.source.kind == "kafka" else "file"
 
     @property
     def out_dir(self) -> Path:

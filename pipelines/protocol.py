@@ -13,16 +13,26 @@ Data path::
 from __future__ import annotations
 
 import pickle
-from typing import Any, NamedTuple
+import time
+import uuid
+from typing import Annotated, Any, Literal, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "Ack",
+    "ArmSpec",
     "Batch",
+    "Command",
+    "CommandError",
     "DeadLetter",
+    "Deployment",
     "Event",
     "Feedback",
     "SinkBatch",
     "SourceMessage",
+    "parse_command",
     "decode_batch",
     "encode_batch",
 ]
@@ -114,6 +124,9 @@ class SinkBatch(NamedTuple):
     read_at: list[float]
     """Per prediction, when its event was read (for end-to-end latency)."""
     dead_letters: list[DeadLetter]
+    shadow: list[bytes] = []
+    """Outputs of shadow (dark) arms: written to the shadow output, never as predictions.
+    (The default is never mutated: every producer passes its own list.)"""
 
     @staticmethod
     def of_dead_letters(dead: list[DeadLetter]) -> SinkBatch:
@@ -146,3 +159,111 @@ def decode_batch(data: bytes) -> Batch:
     if type(batch) is not Batch:
         raise TypeError(f"expected an encoded Batch, got {type(batch).__name__}")
     return batch
+
+
+# -- the control path ------------------------------------------------------------------
+
+
+class ArmSpec(NamedTuple):
+    """One arm of a deployment: a model version and the share of keys it serves."""
+
+    name: str
+    """``live``, ``candidate`` (shadow, canary) or the A/B arm's name."""
+    version: str
+    role: str
+    """``live``, ``shadow``, ``canary`` or ``ab``."""
+    weight: float
+    """Share of keys served (sticky by key); 0 for a shadow arm, which scores every
+    event but serves none."""
+
+
+class Deployment(NamedTuple):
+    """What every scorer serves: ``arms[0]`` is live; ``previous`` is the version that
+    was live before it, kept warm (learning) so that a rollback is exact and instant."""
+
+    mode: str
+    arms: tuple[ArmSpec, ...]
+    previous: str | None = None
+
+    @staticmethod
+    def single(version: str) -> Deployment:
+        return Deployment("live", (ArmSpec("live", version, "live", 1.0),))
+
+
+Op = Literal["deploy", "promote", "rollback", "retire", "set_traffic"]
+Mode = Literal["live", "shadow", "canary", "ab"]
+
+
+class CommandError(ValueError):
+    """A control message that is not a valid command (malformed JSON, a bad field)."""
+
+
+class Command(BaseModel):
+    """A model lifecycle command, as it travels on the control stream (one JSON object).
+
+    - ``deploy VERSION mode=live``: hot swap; ``shadow``/``canary``(``share``)/``ab``
+      (``weights``: version or ``live`` -> weight) launch VERSION beside live;
+    - ``promote [VERSION]``: the candidate (or VERSION) becomes live; the replaced live
+      version is kept warm, learning, for ``rollback``;
+    - ``rollback``: the previous live version serves again;
+    - ``retire VERSION``: take a candidate out and never deploy it again;
+    - ``set_traffic``: change a canary's ``share`` or the A/B ``weights``.
+
+    >>> c = Command(op="deploy", pipeline="local", version="local/sk-1", mode="canary",
+    ...             share=0.1, actor="ann")
+    >>> parse_command(c.to_json()) == c
+    True
+    >>> parse_command(b'{"op": "dance", "pipeline": "p", "actor": "x"}')
+    Traceback (most recent call last):
+    ...
+    pipelines.protocol.CommandError: op: Input should be 'deploy', 'promote', 'rollback', 'retire' or 'set_traffic'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+    op: Op
+    pipeline: str
+    version: str | None = None
+    mode: Mode | None = None
+    share: Annotated[float, Field(gt=0, lt=1)] | None = None
+    weights: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    actor: str
+    """Who sent it: the OS user of the CLI, or the API principal."""
+    reason: str | None = None
+    sent_at: float = Field(default_factory=time.time)
+
+    @model_validator(mode="after")
+    def _fields_of_op(self) -> Command:
+        if self.op in ("deploy", "retire") and self.version is None:
+            raise ValueError(f"{self.op} needs a version")
+        if self.op == "deploy":
+            mode = self.mode or "live"
+            if mode == "ab" and not self.weights:
+                raise ValueError("deploy mode ab needs weights")
+            if mode != "canary" and self.share is not None:
+                raise ValueError(f"share is for mode canary, not {mode}")
+        elif self.mode is not None:
+            raise ValueError(f"mode is for deploy, not {self.op}")
+        if self.op == "set_traffic" and self.share is None and not self.weights:
+            raise ValueError("set_traffic needs share or weights")
+        return self
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def parse_command(raw: bytes | str) -> Command:
+    """A command from its JSON, or :class:`CommandError` in one line."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise CommandError(f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return Command.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "<command>"
+        raise CommandError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
