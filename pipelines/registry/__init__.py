@@ -5,7 +5,8 @@ batch-trained scikit-learn model (``<pipeline>/sk-<hex>``). The registry records
 it is (class, parameters, code version, config hash), what it learned from (source
 position ranges, labeled examples), how good it was when registered, where its bytes
 are (an artifact URI and SHA-256 in the checkpoint store: loading verifies the hash),
-and every lifecycle event with its time, actor and reasons. SQLite by default,
+and every lifecycle event with its time, actor and reasons; and every command a running
+pipeline received on its control stream, applied or rejected. SQLite by default,
 PostgreSQL by URL; the schema is migrated with Alembic when a registry is opened.
 """
 
@@ -21,7 +22,10 @@ from pipelines.registry.provenance import (
 from pipelines.registry.registry import (
     EVENT_KINDS,
     MISSING,
+    RAW_MAX_CHARS,
     Change,
+    CommandRecord,
+    CommandStatus,
     EventKind,
     LifecycleEvent,
     ModelVersion,
@@ -32,8 +36,11 @@ from pipelines.registry.registry import (
 __all__ = [
     "EVENT_KINDS",
     "MISSING",
+    "RAW_MAX_CHARS",
     "Change",
     "CodeVersion",
+    "CommandRecord",
+    "CommandStatus",
     "DataManifest",
     "EventKind",
     "LifecycleEvent",

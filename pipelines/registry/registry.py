@@ -6,6 +6,8 @@ bytes: a version points to its artifact in the checkpoint store by URI and SHA-2
 and loading verifies the hash. Opening a registry upgrades its schema to the head
 revision. Refused requests (an invalid transition) are recorded too, as ``rejected``
 events, so the log shows what was attempted, by whom, and why it was refused.
+Every message of a pipeline's control stream is logged as well, applied or rejected
+(:meth:`Registry.log_command`), whether or not it could even be parsed.
 
 >>> import tempfile
 >>> reg = Registry(f"sqlite:///{tempfile.mkdtemp()}/registry.db")
@@ -21,6 +23,9 @@ Traceback (most recent call last):
 pipelines.registry.migrate.RegistryError: local/sk-1 is retired: it cannot be promoted
 >>> [e.kind for e in reg.events("local/sk-1")]
 ['created', 'retired', 'rejected']
+>>> reg.log_command(status="rejected", raw=b"{oops", channel="file:/tmp/c.jsonl@0",
+...                 error="not JSON").error
+'not JSON'
 >>> reg.close()
 """
 
@@ -53,19 +58,24 @@ from pipelines.registry.provenance import (
     sha256_hex,
     store_file_uri,
 )
-from pipelines.registry.schema import EventRow, VersionRow
+from pipelines.registry.schema import CommandRow, EventRow, VersionRow
 
-__all__ = ["EVENT_KINDS", "MISSING", "Change", "EventKind", "LifecycleEvent", "ModelVersion",
-           "Registry", "default_actor"]
+__all__ = ["EVENT_KINDS", "MISSING", "RAW_MAX_CHARS", "Change", "CommandRecord", "CommandStatus",
+           "EventKind", "LifecycleEvent", "ModelVersion", "Registry", "default_actor"]
 
 EventKind = Literal["created", "checkpointed", "deployed", "shadowed", "canaried", "promoted",
-                    "rolled_back", "retired", "rejected"]
+                    "rolled_back", "retired", "rejected", "evaluated"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 # Events that move a version to a new status; the others (created, checkpointed,
-# rejected) only log. Kept in step with migration 0002's backfill.
+# rejected, evaluated: an automatic promotion evaluation that ended without a
+# promotion) only log. Kept in step with migration 0002's backfill.
 _STATUS_EVENTS = frozenset({"deployed", "shadowed", "canaried", "promoted", "rolled_back",
                             "retired"})
 _LIVE_EVENTS = ("deployed", "promoted")
+
+CommandStatus = Literal["applied", "rejected"]
+RAW_MAX_CHARS = 10_000
+"""A control message is logged as received up to this many characters."""
 
 
 class _Missing:
@@ -103,6 +113,25 @@ class LifecycleEvent:
     kind: str
     at: dt.datetime
     actor: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One message of a control stream as the registry logged it (see
+    :meth:`Registry.log_command`); the fields a message did not carry are None."""
+
+    id: int
+    status: str
+    channel: str
+    raw: str
+    received_at: dt.datetime
+    pipeline: str | None
+    command_id: str | None
+    op: str | None
+    version_id: str | None
+    actor: str | None
+    error: str | None
     details: dict[str, Any]
 
 
@@ -288,7 +317,58 @@ class Registry:
                 return f"{row.id} was never deployed or promoted: it cannot be rolled back"
         return None
 
+    def log_command(self, *, status: CommandStatus, raw: bytes | str, channel: str,
+                    pipeline: str | None = None, command_id: str | None = None,
+                    op: str | None = None, version_id: str | None = None,
+                    actor: str | None = None, error: str | None = None,
+                    received_at: dt.datetime | None = None, **details: Any) -> CommandRecord:
+        """Log a control message and its outcome: ``applied``, or ``rejected`` with the
+        ``error``. ``channel`` is where it was read, with its position
+        (``kafka:riffle.models[0]@45``); ``details`` are plain JSON (the pause each
+        scorer took, the deployment after it).
+
+        The message is logged as received, whatever it holds: ``raw`` is kept to
+        :data:`RAW_MAX_CHARS` characters (``details["raw_chars"]`` then has its full
+        length), text fields are cut to their column's width (the channel keeps its
+        end, the position), undecodable bytes and NULs are replaced.
+        """
+        if status not in get_args(CommandStatus):
+            raise RegistryError(f"command status must be applied or rejected, not {status!r}")
+        if status == "rejected" and not error:
+            raise RegistryError("a rejected command is logged with its error")
+        if status == "applied" and error is not None:
+            raise RegistryError(f"an applied command has no error (got {error!r})")
+        _check_json(f"command {command_id or '(unparsed)'}", details=details)
+        text = _text(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        if len(text) > RAW_MAX_CHARS:
+            details = {**details, "raw_chars": len(text)}
+            text = text[:RAW_MAX_CHARS]
+        row = CommandRow(
+            command_id=_clip(command_id, 32), pipeline=_clip(pipeline, 100), op=_clip(op, 16),
+            version_id=_clip(version_id, 200),
+            received_at=received_at or dt.datetime.now(dt.UTC), actor=_clip(actor, 200),
+            channel=_text(channel) if len(channel) <= 200 else "..." + _text(channel)[-197:],
+            raw=text, status=status, error=_text(error) if error is not None else None,
+            details=details)
+        with self._tx() as s:
+            s.add(row)
+            s.flush()
+            return _command(row)
+
     # -- reading ---------------------------------------------------------------------
+
+    def commands(self, pipeline: str | None = None, *, limit: int | None = None
+                 ) -> list[CommandRecord]:
+        """The control messages logged (for ``pipeline``), oldest first; with ``limit``,
+        the latest ``limit`` of them."""
+        query = select(CommandRow).order_by(CommandRow.id.desc())
+        if pipeline is not None:
+            query = query.where(CommandRow.pipeline == pipeline)
+        if limit is not None:
+            query = query.limit(max(limit, 0))
+        with self._tx() as s:
+            return [_command(row) for row in s.scalars(query)][::-1]
+
 
     def get(self, version_id: str) -> ModelVersion:
         with self._tx() as s:
@@ -397,3 +477,20 @@ def _version(row: VersionRow) -> ModelVersion:
 def _event(row: EventRow) -> LifecycleEvent:
     return LifecycleEvent(id=row.id, version_id=row.version_id, kind=row.kind, at=row.at,
                           actor=row.actor, details=row.details)
+
+
+def _command(row: CommandRow) -> CommandRecord:
+    return CommandRecord(id=row.id, status=row.status, channel=row.channel, raw=row.raw,
+                         received_at=row.received_at, pipeline=row.pipeline,
+                         command_id=row.command_id, op=row.op, version_id=row.version_id,
+                         actor=row.actor, error=row.error, details=row.details)
+
+
+def _text(s: str) -> str:
+    """``s`` as every backend stores it: valid UTF-8 (no lone surrogates), no NUL
+    (PostgreSQL's text refuses it)."""
+    return s.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def _clip(s: str | None, width: int) -> str | None:
+    return None if s is None else _text(s)[:width]

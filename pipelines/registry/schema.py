@@ -1,4 +1,5 @@
-"""The registry's tables as SQLAlchemy 2.0 ORM classes: model versions and their lifecycle.
+"""The registry's tables as SQLAlchemy 2.0 ORM classes: model versions, their lifecycle,
+and the log of control commands.
 
 These classes describe the schema at the *head* migration; the migrations in
 ``migrations/versions`` are what creates and upgrades it (a test checks that the two
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "EventRow", "UTCDateTime", "VersionRow"]
+__all__ = ["Base", "CommandRow", "EventRow", "UTCDateTime", "VersionRow"]
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -86,3 +87,26 @@ class EventRow(Base):
     details: Mapped[dict[str, Any]]
 
     version: Mapped[VersionRow] = relationship(back_populates="events")
+
+
+class CommandRow(Base):
+    """Revision 0003: one message of a pipeline's control stream and what became of it
+    (``applied`` or ``rejected`` with the error). Fields the message did not carry (it
+    could not be parsed) are null; ``version_id`` is no foreign key, so that a command
+    naming an unknown version is recorded too."""
+
+    __tablename__ = "control_commands"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    command_id: Mapped[str | None] = mapped_column(String(32))
+    pipeline: Mapped[str | None] = mapped_column(String(100), index=True)
+    op: Mapped[str | None] = mapped_column(String(16))
+    version_id: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[dt.datetime]
+    actor: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200))
+    """Where it was read, with its position: ``file:/path/control.jsonl@123``."""
+    raw: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]

@@ -208,6 +208,113 @@ def test_registry_invalid_transitions_are_rejected_and_recorded(
     assert [v.id for v in registry.versions("p")] == ["p/sk-old", "p/sk-new"]
 
 
+def test_registry_evaluated_event_logs_the_numbers_and_keeps_the_status(
+        make_registry: Callable[[], Registry], store: CheckpointStore) -> None:
+    registry = make_registry()
+    _register_batch(registry, store, "p/sk-cand")
+    registry.record("p/sk-cand", "shadowed", actor="api:bob")
+    numbers = {"test": "paired", "n": 20000, "gain": -0.002, "p_value": 0.61,
+               "outcome": "max_samples reached without a win"}
+    evaluated = registry.record("p/sk-cand", "evaluated", actor="auto-promoter", **numbers)
+    assert (evaluated.kind, evaluated.details) == ("evaluated", numbers)
+    assert registry.get("p/sk-cand").status == "shadowed"  # only logged
+    registry.record("p/sk-cand", "promoted", actor="auto-promoter", p_value=0.001)
+    assert registry.get("p/sk-cand").status == "promoted"
+    registry.record("p/sk-cand", "retired", actor="ops")
+    with pytest.raises(RegistryError, match="is retired: it cannot be evaluated"):
+        registry.record("p/sk-cand", "evaluated", actor="auto-promoter")
+    assert [e.kind for e in registry.events("p/sk-cand")] == [
+        "created", "shadowed", "evaluated", "promoted", "retired", "rejected"]
+
+
+def test_registry_log_command_round_trips_applied_and_rejected(
+        make_registry: Callable[[], Registry]) -> None:
+    registry = make_registry()
+    before = dt.datetime.now(dt.UTC)
+    deployment = {"mode": "canary", "arms": [["live", "p/sk-a", "live", 0.9],
+                                             ["candidate", "p/sk-b", "canary", 0.1]],
+                  "previous": None}
+    applied = registry.log_command(
+        status="applied", raw=b'{"id": "c0ffee", "op": "deploy", "mode": "canary"}',
+        channel="kafka:riffle.models[0]@45", pipeline="p", command_id="c0ffee",
+        op="deploy", version_id="p/sk-b", actor="api:ann",
+        pause_ms={"scorer-0": 1.5, "scorer-1": 2.25}, deployment=deployment)
+    received = dt.datetime(2025, 6, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)
+    rejected = registry.log_command(
+        status="rejected", raw='{"id": "bad1", "op": "promote", "version": "p/sk-zzz"}',
+        channel="file:/runs/p/control.jsonl@123", pipeline="p", command_id="bad1",
+        op="promote", version_id="p/sk-zzz", actor="ann", received_at=received,
+        error="unknown model version p/sk-zzz")
+    assert applied.status == "applied" and applied.error is None
+    assert (applied.command_id, applied.pipeline, applied.op, applied.version_id,
+            applied.actor, applied.channel) == ("c0ffee", "p", "deploy", "p/sk-b", "api:ann",
+                                                "kafka:riffle.models[0]@45")
+    assert applied.raw == '{"id": "c0ffee", "op": "deploy", "mode": "canary"}'
+    assert applied.details == {"pause_ms": {"scorer-0": 1.5, "scorer-1": 2.25},
+                               "deployment": deployment}
+    assert before <= applied.received_at <= dt.datetime.now(dt.UTC)
+    # A command naming a version the registry does not know is recorded all the same.
+    assert (rejected.status, rejected.version_id, rejected.error, rejected.received_at) == (
+        "rejected", "p/sk-zzz", "unknown model version p/sk-zzz", received)
+    assert rejected.details == {} and rejected.id > applied.id
+    # What a second process reads back is what was logged.
+    assert make_registry().commands("p") == [applied, rejected]
+
+
+def test_registry_log_command_records_an_unparseable_message_as_received(
+        make_registry: Callable[[], Registry]) -> None:
+    registry = make_registry()
+    garbage = b'{"op": "dep\xff\x00loy", ' + b"x" * 20_000
+    logged = registry.log_command(status="rejected", raw=garbage,
+                                  channel="file:" + "/deep" * 60 + "/control.jsonl@9876543",
+                                  error="not JSON: unexpected character: line 1 column 13")
+    [read] = registry.commands()
+    assert read == logged
+    assert (read.command_id, read.pipeline, read.op, read.version_id, read.actor) == (
+        None, None, None, None, None)
+    assert read.error == "not JSON: unexpected character: line 1 column 13"
+    # Kept as received, cut to 10k characters (the full length noted), storable anywhere.
+    assert read.raw.startswith('{"op": "dep\ufffd\ufffdloy", xxx') and len(read.raw) == 10_000
+    assert read.details == {"raw_chars": len(garbage)}
+    assert len(read.channel) == 200 and read.channel.endswith("/control.jsonl@9876543")
+    # A command that parses but carries fields longer than their columns is logged too.
+    long = registry.log_command(status="rejected", raw=b"{}", channel="kafka:m[0]@1",
+                                pipeline="p" * 150, command_id="9" * 64, op="set_traffic",
+                                version_id="p/" + "v" * 300, actor="a\x00" * 150,
+                                error="pipeline: not this one")
+    assert (len(long.pipeline or ""), len(long.command_id or ""), len(long.version_id or ""),
+            len(long.actor or "")) == (100, 32, 200, 200)
+    assert registry.commands() == [logged, long]
+    # What the log refuses: a status it does not know, a rejection without its error,
+    # details that are not JSON.
+    with pytest.raises(RegistryError, match="applied or rejected, not 'ignored'"):
+        registry.log_command(status="ignored", raw=b"{}", channel="c")  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="logged with its error"):
+        registry.log_command(status="rejected", raw=b"{}", channel="c")
+    with pytest.raises(RegistryError, match="has no error"):
+        registry.log_command(status="applied", raw=b"{}", channel="c", error="oops")
+    with pytest.raises(RegistryError, match="details must be plain JSON"):
+        registry.log_command(status="applied", raw=b"{}", channel="c", when=dt.datetime.now())
+    assert len(registry.commands()) == 2
+
+
+def test_registry_commands_filter_by_pipeline_and_limit_to_the_latest(
+        make_registry: Callable[[], Registry]) -> None:
+    registry = make_registry()
+    for i in range(5):
+        for pipeline in ("a", "b"):
+            registry.log_command(status="applied", raw=f'{{"n": {i}}}', pipeline=pipeline,
+                                 channel=f"file:/{pipeline}/control.jsonl@{i * 10}",
+                                 command_id=f"{pipeline}{i}", op="rollback", actor="ops")
+    registry.log_command(status="rejected", raw=b"\x00", channel="file:/a/control.jsonl@50",
+                         error="not JSON")
+    assert [c.command_id for c in registry.commands("a")] == ["a0", "a1", "a2", "a3", "a4"]
+    assert [c.command_id for c in registry.commands("b", limit=2)] == ["b3", "b4"]
+    assert [c.command_id for c in registry.commands(limit=3)] == ["a4", "b4", None]
+    assert len(registry.commands()) == 11
+    assert registry.commands("a", limit=0) == [] and registry.commands("nobody") == []
+
+
 def test_registry_diff_shows_params_metrics_data_and_code(
         make_registry: Callable[[], Registry], store: CheckpointStore) -> None:
     registry = make_registry()
@@ -307,18 +414,21 @@ def test_registry_concurrent_writers_do_not_corrupt(
         assert two.get(f"p/sk-{i:02d}").status == "retired"
 
 
-def _insert_v0001(url: str, version_id: str, events: list[str]) -> None:
-    """A row as revision 0001 wrote it (no status column yet)."""
+def _insert_old(url: str, version_id: str, events: list[str], status: str | None = None
+                ) -> None:
+    """A row as an older revision wrote it: 0001 (no status column yet), or 0002 (with
+    ``status``)."""
+    columns, values = ("", "") if status is None else (", status", ", :status")
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO model_versions (id, pipeline, parent_id, kind, model_class, params, "
             "code_commit, code_dirty, config_hash, artifact_uri, artifact_sha256, "
-            "data_manifest, metrics, created_at, created_by) VALUES (:id, 'p', NULL, 'sklearn', "
-            ":cls, '{\"C\": 2.0}', NULL, NULL, 'c0', '/a', :sha, "
+            f"data_manifest, metrics, created_at, created_by{columns}) VALUES (:id, 'p', NULL, "
+            "'sklearn', :cls, '{\"C\": 2.0}', NULL, NULL, 'c0', '/a', :sha, "
             "'{\"sources\": {\"t[0]\": [0, 10]}, \"n_learned\": 10}', '{\"accuracy\": 0.7}', "
-            ":at, 'old-riffle')"),
-            {"id": version_id, "cls": LR, "sha": "0" * 64,
+            f":at, 'old-riffle'{values})"),
+            {"id": version_id, "cls": LR, "sha": "0" * 64, "status": status,
              "at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)})
         for i, kind in enumerate(["created", *events]):
             conn.execute(text("INSERT INTO lifecycle_events (version_id, kind, at, actor, "
@@ -328,19 +438,36 @@ def _insert_v0001(url: str, version_id: str, events: list[str]) -> None:
     engine.dispose()
 
 
-def test_registry_from_the_previous_schema_upgrades_in_place(db_url: str) -> None:
-    engine = make_engine(db_url)
+def _create_at(url: str, revision: str) -> None:
+    """A registry database at an older schema revision, as that riffle created it."""
+    engine = make_engine(url)
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, revision)
     engine.dispose()
-    _insert_v0001(db_url, "p/sk-live", ["deployed", "promoted"])
-    _insert_v0001(db_url, "p/sk-gone", ["deployed", "retired", "rejected"])
-    _insert_v0001(db_url, "p/sk-new", [])
+
+
+def _assert_schema_is_head(url: str) -> None:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert ctx.get_current_heads() == ("0003",)
+        # The migrated schema is the one the ORM describes.
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                    "version_table": VERSION_TABLE})
+        assert compare_metadata(ctx, Base.metadata) == []
+    engine.dispose()
+
+
+def test_registry_from_revision_0001_upgrades_in_place(db_url: str) -> None:
+    _create_at(db_url, "0001")
+    _insert_old(db_url, "p/sk-live", ["deployed", "promoted"])
+    _insert_old(db_url, "p/sk-gone", ["deployed", "retired", "rejected"])
+    _insert_old(db_url, "p/sk-new", [])
 
     with Registry(db_url) as registry:
-        assert registry.schema_revision == head_revision() == "0002"
+        assert registry.schema_revision == head_revision() == "0003"
         live = registry.get("p/sk-live")
         assert (live.params, live.metrics, live.created_by) == ({"C": 2.0}, {"accuracy": 0.7},
                                                                 "old-riffle")
@@ -354,15 +481,36 @@ def test_registry_from_the_previous_schema_upgrades_in_place(db_url: str) -> Non
         with pytest.raises(RegistryError, match="is retired"):
             registry.record("p/sk-gone", "promoted")
         registry.record("p/sk-new", "deployed", actor="ops")
-    engine = make_engine(db_url)
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        assert ctx.get_current_heads() == ("0002",)
-        # The migrated schema is the one the ORM describes.
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                    "version_table": VERSION_TABLE})
-        assert compare_metadata(ctx, Base.metadata) == []
-    engine.dispose()
+        assert registry.commands() == []
+    _assert_schema_is_head(db_url)
+
+
+def test_registry_from_revision_0002_upgrades_in_place_with_a_control_log(db_url: str) -> None:
+    _create_at(db_url, "0002")
+    _insert_old(db_url, "p/sk-live", ["deployed", "promoted"], status="promoted")
+    _insert_old(db_url, "p/sk-gone", ["deployed", "retired"], status="retired")
+
+    with Registry(db_url) as registry:
+        assert registry.schema_revision == head_revision() == "0003"
+        live = registry.get("p/sk-live")
+        assert (live.params, live.metrics, live.created_by, live.status) == (
+            {"C": 2.0}, {"accuracy": 0.7}, "old-riffle", "promoted")
+        assert live.created_at == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        assert [e.kind for e in registry.events("p/sk-live")] == [
+            "created", "deployed", "promoted"]
+        assert [e.at.second for e in registry.events("p/sk-gone")] == [5, 6, 7]
+        assert registry.get("p/sk-gone").status == "retired"
+        # The new table is there, empty, and takes commands about old versions.
+        assert registry.commands() == []
+        logged = registry.log_command(status="rejected", raw=b'{"op": "promote"}',
+                                      channel="file:/old/control.jsonl@0", pipeline="p",
+                                      op="promote", version_id="p/sk-gone", actor="ops",
+                                      error="p/sk-gone is retired: it cannot be promoted")
+        registry.record("p/sk-live", "evaluated", actor="auto-promoter", p_value=0.4)
+        assert registry.get("p/sk-live").status == "promoted"
+    with Registry(db_url) as registry:
+        assert registry.commands("p") == [logged]
+    _assert_schema_is_head(db_url)
 
 
 def test_registry_newer_than_this_riffle_is_refused(db_url: str) -> None:
