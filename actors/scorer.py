@@ -19,8 +19,8 @@ import ray
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
-from pipelines.protocol import SinkBatch, decode_batch
-from pipelines.scoring import ScorerCore
+from pipelines.protocol import Deployment, SinkBatch, decode_batch
+from pipelines.scoring import ScorerCore, live_model_of
 
 _NOTHING = SinkBatch([], [], [], [], [])
 
@@ -29,18 +29,23 @@ _NOTHING = SinkBatch([], [], [], [], [])
 class ScorerActor:
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int,
                  generation: int = 0, store_url: str | None = None,
-                 restore: dict[str, Any] | None = None, drills: list[str] | None = None) -> None:
+                 restore: dict[str, Any] | None = None, drills: list[str] | None = None,
+                 deployment: Deployment | None = None,
+                 artifacts: dict[str, bytes] | None = None) -> None:
         self._drills = Drills(drills or [], name)
         self._drills.fire("start")
         self._config = config
         self._name = name
         self._window = metrics_window
         self._store = CheckpointStore(store_url) if store_url else None
-        self.reset(generation, restore)
+        self.reset(generation, restore, deployment, artifacts)
 
-    def reset(self, generation: int, restore: dict[str, Any] | None) -> str:
+    def reset(self, generation: int, restore: dict[str, Any] | None,
+              deployment: Deployment | None = None,
+              artifacts: dict[str, bytes] | None = None) -> str:
         """Continue from a checkpoint (or from scratch) as of ``generation``: batches and
-        barriers of an earlier generation, still queued here, are ignored."""
+        barriers of an earlier generation, still queued here, are ignored. Then serve
+        ``deployment`` (the one in force, which may be newer than the checkpoint's)."""
         self._generation = generation
         self._barriers: Counter[str] = Counter()
         self._core = ScorerCore(self._config, name=self._name, metrics_window=self._window)
@@ -49,7 +54,19 @@ class ScorerActor:
             manifest = Manifest.model_validate(restore)
             self._core.restore(loads_state(self._store.read_part(manifest, self._name)))
             self._core.checkpoint = manifest.id
+        if deployment is not None and deployment != self._core.deployment:
+            self._core.apply(deployment, _load_models(artifacts or {}))
         return self._name
+
+    def apply(self, deployment: Deployment, artifacts: dict[str, bytes],
+              generation: int = 0) -> dict[str, Any]:
+        """Serve ``deployment`` from the next batch on (``artifacts``: the versions this
+        scorer may not hold yet). Returns the pause it caused and the swap's position."""
+        started = time.perf_counter()
+        out = self._core.apply(deployment, _load_models(artifacts))
+        out["pause_s"] = time.perf_counter() - started
+        out["generation"] = generation
+        return out
 
     def ready(self) -> str:
         return self._core.name
@@ -95,3 +112,13 @@ class ScorerActor:
 
     def stats(self) -> dict[str, Any]:
         return self._core.stats()
+
+
+def _load_models(artifacts: dict[str, bytes]) -> dict[str, Any]:
+    """Models from their artifact bytes: a River version's is this scorer's checkpoint
+    part (its live model is taken); a batch model's is the pickled model."""
+    models = {}
+    for version, blob in artifacts.items():
+        obj = loads_state(blob)
+        models[version] = live_model_of(obj) if isinstance(obj, dict) else obj
+    return models

@@ -27,10 +27,12 @@ import ray
 from actors.ingest import IngestActor
 from actors.scorer import ScorerActor
 from actors.sink import SinkActor
+from actors.supervisor_control import ControlPath
 from pipelines.checkpoint import CheckpointStore, Manifest, Part, checkpoint_id
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, RunFailed
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
+from pipelines.lifecycle import deployment_to_json
 from pipelines.models import build_model, task_of
 from pipelines.scoring import merge_metrics
 from pipelines.summary import build_summary
@@ -56,7 +58,7 @@ class ActorFailed(Exception):
 
 
 @ray.remote(max_restarts=0, num_cpus=0)
-class Supervisor:
+class Supervisor(ControlPath):
     def __init__(self, config: PipelineConfig, out_dir: str, store_url: str | None = None
                  ) -> None:
         self._config = config
@@ -125,12 +127,14 @@ class Supervisor:
                 await loop.run_in_executor(None, rewind_group, cfg.kafka, self._baseline)
             else:
                 self._baseline = await loop.run_in_executor(None, group_positions, cfg.kafka)
+        await loop.run_in_executor(None, lambda: self._init_control(resume=resume))
         self._started = time.time()
         try:
             await self._build(append=resume)
         except ActorFailed as e:
             await self._recover(e)  # a crash loop escalates here (RunFailed)
         self._main = asyncio.create_task(self._supervise())
+        self._control_task = asyncio.create_task(self._control_loop())
 
     async def _build(self, *, append: bool) -> None:
         """Create every actor, restored from ``self._manifest`` if there is one."""
@@ -141,12 +145,19 @@ class Supervisor:
         self._ingest = [self._new_ingest(i, parts, restore) for i, parts in enumerate(
             assign_partitions(cfg.source.partitions, cfg.ingest.n_actors))]
         await self._all_ready()
+        launch = None if append else self._launch_command()
+        if launch is not None:  # before the first event: every record sees the launch
+            await self._command(launch, "config")
         self._runs = [a.run.remote() for a in self._ingest]
 
     async def _rebuild(self, failed: str) -> None:
         """After ``failed`` failed: replace it (every actor, for all_for_one) and rewind
         the others in place to the last checkpoint, as a new generation. Batches of the
         old generation still queued anywhere are ignored."""
+        async with self._control_lock:  # no command half-applied meanwhile
+            await self._rebuild_data_path(failed)
+
+    async def _rebuild_data_path(self, failed: str) -> None:
         cfg = self._config
         self._generation += 1
         gen, restore = self._generation, self._restore()
@@ -180,7 +191,9 @@ class Supervisor:
             if f"scorer-{i}" in replace:
                 self._scorers[i] = self._new_scorer(i, restore)
             else:
-                resets.append((f"scorer-{i}", scorer.reset.remote(gen, restore)))
+                resets.append((f"scorer-{i}", scorer.reset.remote(
+                    gen, restore, self._lifecycle.deployment,
+                    self._lifecycle.artifacts_for(f"scorer-{i}"))))
         parts = assign_partitions(cfg.source.partitions, len(self._ingest))
         for i, actor in enumerate(self._ingest):
             if f"ingest-{i}" in replace:
@@ -210,7 +223,9 @@ class Supervisor:
             cfg.scoring, name=f"scorer-{index}",
             metrics_window=max(1, cfg.scoring.metrics_window // cfg.scoring.n_actors),
             generation=self._generation, store_url=self._store_url if self._store else None,
-            restore=restore, drills=cfg.runtime.fault_drills)
+            restore=restore, drills=cfg.runtime.fault_drills,
+            deployment=self._lifecycle.deployment,
+            artifacts=self._lifecycle.artifacts_for(f"scorer-{index}"))
 
     def _named(self) -> list[tuple[str, Any]]:
         return [("sink", self._sink),
@@ -235,6 +250,7 @@ class Supervisor:
 
     async def _teardown(self) -> None:
         """Kill the data path; ingest actors first leave their consumer group."""
+        self._stop_control()
         if self._ckpt_task is not None:  # never committed: its folder has no manifest
             self._ckpt_task.cancel()
             self._ckpt_task = None
@@ -376,6 +392,10 @@ class Supervisor:
     # -- checkpoints -------------------------------------------------------------------
     async def _checkpoint(self) -> Manifest | None:
         """An aligned checkpoint through the running pipeline; None if abandoned."""
+        async with self._control_lock:  # every part reflects the same deployment
+            return await self._aligned_checkpoint()
+
+    async def _aligned_checkpoint(self) -> Manifest | None:
         assert self._store is not None
         seq, self._seq = self._seq, self._seq + 1
         ckpt = checkpoint_id(seq)
@@ -447,7 +467,9 @@ class Supervisor:
         manifest = Manifest(id=ckpt, seq=seq, created_at=time.time(), pipeline=cfg.name,
                             config_hash=cfg.config_hash(), positions=positions,
                             parts={p["name"]: Part.model_validate(p["part"]) for p in parts},
-                            events_read=events, final=final)
+                            events_read=events, final=final,
+                            deployment=deployment_to_json(self._lifecycle.deployment),
+                            control_position=self._control.position)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._store.commit, manifest)
         parent, self._manifest = self._manifest, manifest
@@ -524,6 +546,7 @@ class Supervisor:
             await self.stop()
             raise RunFailed(f"pipeline {self._config.name} failed: {_cause(e)}") from None
         ingest_stats += self._retired
+        self._stop_control()
         sink_stats = await self._sink.close.remote()
         scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._scorers))
         summary = build_summary(
@@ -531,6 +554,7 @@ class Supervisor:
             sink=sink_stats, wall_s=time.time() - self._started,
             metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
         summary["supervision"] = self._supervision_summary()
+        summary["deployment"] = self._arms_summary(list(scorer_stats))
         return summary
 
     def _supervision_summary(self) -> dict[str, Any]:
@@ -560,6 +584,7 @@ class Supervisor:
             wall_s=time.time() - self._started,
             metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
         summary["supervision"] = self._supervision_summary()
+        summary["deployment"] = self._arms_summary(list(scorers))
         return summary
 
     async def stop(self) -> None:

@@ -67,6 +67,10 @@ class Manifest(BaseModel):
     events_read: int = 0
     final: bool = False
     """Taken when the source was exhausted and everything was drained."""
+    deployment: dict[str, Any] | None = None
+    """The model deployment in force (arms, previous version) when it was taken."""
+    control_position: int | None = None
+    """The control stream's position after the last command applied before it."""
 
 
 def checkpoint_id(seq: int) -> str:

@@ -160,3 +160,149 @@ def diff(config: Path, registry_url: str | None, a: str, b: str) -> None:
     for c in changes:
         table.add_row(c.section, c.key, _short(c.old), _short(c.new))
     Console().print(table)
+
+
+# -- commands to a running pipeline (the control stream) -----------------------------
+
+def _send_options(fn: F) -> F:
+    fn = click.option("--reason", help="Why (kept with the command in the registry).")(fn)
+    fn = click.option("--out", type=click.Path(path_type=Path),
+                      help="The run's output folder, if not CONFIG's (the embedded control "
+                           "channel is there).")(fn)
+    fn = click.option("--wait/--no-wait", default=True, show_default=True,
+                      help="Wait for the running pipeline to apply or refuse it.")(fn)
+    fn = click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+                      help="Seconds --wait waits.")(fn)
+    return _registry_options(fn)
+
+
+def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+          timeout_s: float, **fields: Any) -> None:
+    """Check the command here first (a clear error before anything is sent), send it on
+    the control stream, and (``wait``) report what the pipeline did with it."""
+    import time
+
+    from pipelines.control import open_control
+    from pipelines.protocol import Command
+    from pipelines.registry import default_actor
+
+    cfg, registry = _open(config, registry_url)
+    with registry:
+        for key in ("version",):
+            if fields.get(key) and fields[key] != "live":
+                fields[key] = _ref(cfg, fields[key])
+        if fields.get("weights"):
+            fields["weights"] = {v if v == "live" else _ref(cfg, v): w
+                                 for v, w in fields["weights"].items()}
+        try:
+            cmd = Command(pipeline=cfg.name, actor=default_actor(), **fields)
+        except ValueError as e:
+            raise _Fail(str(e).splitlines()[-1].strip()) from None
+        for version in [cmd.version, *(cmd.weights or {})]:
+            if version is None or version == "live":
+                continue
+            try:
+                registry.get(version)
+            except RiffleError as e:
+                registry.log_command(status="rejected", raw=cmd.to_json(), channel="cli",
+                                     pipeline=cfg.name, command_id=cmd.id, op=cmd.op,
+                                     version_id=version, actor=cmd.actor, error=str(e))
+                raise _Fail(str(e)) from None
+        channel = open_control(cfg, out_dir=out)
+        try:
+            channel.send(cmd.to_json())
+        except (OSError, RiffleError) as e:
+            raise _Fail(f"cannot send the command: {e}") from None
+        finally:
+            channel.close()
+        click.echo(f"sent {cmd.op} ({cmd.id})" + (f" {cmd.version}" if cmd.version else ""))
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = [c for c in registry.commands(cfg.name) if c.command_id == cmd.id]
+            if done:
+                record = done[-1]
+                if record.status == "rejected":
+                    raise _Fail(f"refused by the pipeline: {record.error}")
+                pause = record.details.get("pause_ms_max")
+                click.echo(f"applied at {_when(record.received_at)} UTC"
+                           + (f" (longest scoring pause {pause:.2f} ms)" if pause is not None
+                              else ""))
+                return
+            time.sleep(0.2)
+    raise _Fail(f"no answer from pipeline {cfg.name} within {timeout_s:.0f} s: is it running? "
+                "(the command waits in the control stream for a --resume)")
+
+
+@models.command()
+@_send_options
+@click.argument("version")
+@click.option("--mode", type=click.Choice(["live", "shadow", "canary", "ab"]), default="live",
+              show_default=True, help="live: hot swap; shadow, canary, ab: beside live.")
+@click.option("--share", type=float, help="Canary: the share of keys it serves (0-1).")
+@click.option("--weight", "weights", multiple=True, metavar="VERSION=W",
+              help="A/B: an arm and its weight (repeat; 'live' names the live model).")
+def deploy(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+           timeout_s: float, reason: str | None, version: str, mode: str, share: float | None,
+           weights: tuple[str, ...]) -> None:
+    """Deploy VERSION to CONFIG's running pipeline (hot, no downtime)."""
+    parsed: dict[str, float] = {}
+    for item in weights:
+        name, _, w = item.rpartition("=")
+        try:
+            parsed[name] = float(w)
+        except ValueError:
+            raise _Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+    if mode == "ab":
+        parsed.setdefault(version, parsed.pop(version, 1.0))
+    _send(config, registry_url, out, wait, timeout_s, op="deploy", version=version, mode=mode,
+          share=share, weights=parsed or None, reason=reason)
+
+
+@models.command()
+@_send_options
+@click.argument("version", required=False)
+def promote(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+            timeout_s: float, reason: str | None, version: str | None) -> None:
+    """Make the candidate (or VERSION) live; the replaced version stays warm for rollback."""
+    _send(config, registry_url, out, wait, timeout_s, op="promote", version=version,
+          reason=reason)
+
+
+@models.command()
+@_send_options
+def rollback(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+             timeout_s: float, reason: str | None) -> None:
+    """Serve the previous live version again."""
+    _send(config, registry_url, out, wait, timeout_s, op="rollback", reason=reason)
+
+
+@models.command()
+@_send_options
+@click.argument("version")
+def retire(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+           timeout_s: float, reason: str | None, version: str) -> None:
+    """Take VERSION out of service for good."""
+    _send(config, registry_url, out, wait, timeout_s, op="retire", version=version,
+          reason=reason)
+
+
+@models.command("set-traffic")
+@_send_options
+@click.option("--share", type=float, help="The canary's new share of keys (0-1).")
+@click.option("--weight", "weights", multiple=True, metavar="VERSION=W",
+              help="An A/B arm's new weight (repeat).")
+def set_traffic(config: Path, registry_url: str | None, out: Path | None, wait: bool,
+                timeout_s: float, reason: str | None, share: float | None,
+                weights: tuple[str, ...]) -> None:
+    """Change the canary's share or the A/B weights."""
+    parsed = {}
+    for item in weights:
+        name, _, w = item.rpartition("=")
+        try:
+            parsed[name] = float(w)
+        except ValueError:
+            raise _Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+    _send(config, registry_url, out, wait, timeout_s, op="set_traffic", share=share,
+          weights=parsed or None, reason=reason)

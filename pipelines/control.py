@@ -98,11 +98,12 @@ class FileControl:
         pass
 
 
-def open_control(config: PipelineConfig, *, client_id: str = "riffle-control"
-                 ) -> ControlChannel:
-    """The control channel of ``config``'s pipeline (see ``ControlConfig.kind``)."""
+def open_control(config: PipelineConfig, *, out_dir: Path | None = None,
+                 client_id: str = "riffle-control") -> ControlChannel:
+    """The control channel of ``config``'s pipeline (see ``ControlConfig.kind``); the
+    embedded one lives in the run's output folder (``out_dir``, default the config's)."""
     if config.control_kind == "kafka":
         from pipelines.control_kafka import KafkaControl
 
         return KafkaControl(config.kafka, client_id=client_id)
-    return FileControl(config.out_dir / "control.jsonl")
+    return FileControl((out_dir or config.out_dir) / "control.jsonl")

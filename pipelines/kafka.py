@@ -68,7 +68,7 @@ def ensure_topics(cfg: KafkaConfig, partitions: int) -> list[str]:
         existing = set(admin.list_topics())
         topics = cfg.topics
         wanted = [topics.events, topics.feedback, topics.predictions, topics.dead_letters,
-                  topics.models]
+                  topics.models, topics.shadow]
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         if missing:
             admin.create_topics(

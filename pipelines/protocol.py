@@ -32,9 +32,9 @@ __all__ = [
     "Feedback",
     "SinkBatch",
     "SourceMessage",
-    "parse_command",
     "decode_batch",
     "encode_batch",
+    "parse_command",
 ]
 
 
@@ -214,9 +214,10 @@ class Command(BaseModel):
     >>> parse_command(c.to_json()) == c
     True
     >>> parse_command(b'{"op": "dance", "pipeline": "p", "actor": "x"}')
+    ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pipelines.protocol.CommandError: op: Input should be 'deploy', 'promote', 'rollback', 'retire' or 'set_traffic'
+    pipelines.protocol.CommandError: op: Input should be 'deploy', 'promote', ...
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

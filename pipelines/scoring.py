@@ -21,14 +21,14 @@ import time
 from typing import Any, NamedTuple
 
 import orjson
-from river import metrics
 
+from pipelines.arms import Arm, Router, new_metrics
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
-from pipelines.models import build_model, task_of
-from pipelines.protocol import Batch, DeadLetter, Event, Feedback, SinkBatch
+from pipelines.models import Task, build_model, task_of
+from pipelines.protocol import ArmSpec, Batch, DeadLetter, Deployment, Event, Feedback, SinkBatch
 
-__all__ = ["ScorerCore", "merge_metrics"]
+__all__ = ["ScorerCore", "live_model_of", "merge_metrics", "task_of_model"]
 
 _JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -39,83 +39,142 @@ class _Scored(NamedTuple):
     """What the metrics compare with the label: the class probabilities (classifiers),
     else the predicted value."""
     prediction: Any
+    arm: Arm
+    """The arm that served the prediction."""
+    shadows: tuple[tuple[Arm, Any, Any], ...] | None = None
+    """Shadow arms' (arm, y_pred, prediction) for the same record."""
+
+
+def live_model_of(state: dict[str, Any]) -> Any:
+    """The live model in a scorer's checkpoint part (what deploying a River version loads)."""
+    return state["arms"][0].model
 
 
 class ScorerCore:
-    """One scorer's model, pending labels and progressive metrics."""
+    """One scorer's models (the arms of its deployment), pending labels and metrics."""
 
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int | None = None,
                  clock: Any = time.monotonic) -> None:
         self.name = name
-        self.model: Any = build_model(config.model)
-        self.task = task_of(self.model)
-        self.version = config.model.version
+        model = build_model(config.model)
+        self.task = task_of(model)
         self.checkpoint: str | None = None
         """The last committed checkpoint this model continues from (None before the first)."""
+        self.deployment = Deployment.single(config.model.version)
+        self.arms = [Arm(self.deployment.arms[0], model, self.task)]
+        self.previous: Arm | None = None
         self.labels: LabelBuffer[_Scored] = LabelBuffer(
             max_pending=config.max_pending_labels, ttl_s=config.label_ttl_s, clock=clock)
         self._window = metrics_window or config.metrics_window
         self._windows: list[list[float]] = []  # [labeled count, correct count or abs error sum]
-        if self.task == "regression":
-            self._metrics: dict[str, Any] = {"mae": metrics.MAE(), "rmse": metrics.RMSE()}
-        else:
-            loss = metrics.CrossEntropy() if self.task == "multiclass" else metrics.LogLoss()
-            self._metrics = {"accuracy": metrics.Accuracy(), "log_loss": loss}
+        self._metrics = new_metrics(self.task)
+        """Of the served predictions (whichever arm served each)."""
         self._n_metric = 0
         self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0}
+        self._configure()
+
+    @property
+    def model(self) -> Any:
+        """The live model."""
+        return self.arms[0].model
+
+    def _configure(self) -> None:
+        arms = self.arms
+        self._router = Router(self.deployment.arms) if len(arms) > 1 and any(
+            a.role in ("canary", "ab") for a in arms) else None
+        self._shadows = [a for a in arms if a.role == "shadow"]
+        self._learners = [a for a in arms[1:] if a.learns]
+        if self.previous is not None and self.previous.learns:
+            self._learners.append(self.previous)
 
     # -- the data path -----------------------------------------------------------------
     def process(self, batch: Batch) -> SinkBatch:
         """Score the events and learn from the feedback of ``batch``, in order."""
         lines: list[bytes] = []
         keys: list[str] = []
+        versions: list[str] = []
         read_at: list[float] = []
+        shadow_lines: list[bytes] = []
         dead: list[DeadLetter] = []
         classifier = self.task != "regression"
-        model, labels, counts = self.model, self.labels, self.counts
-        version, name, checkpoint = self.version, self.name, self.checkpoint
+        arms, router, shadows = self.arms, self._router, self._shadows
+        labels, counts = self.labels, self.counts
+        name, checkpoint = self.name, self.checkpoint
+        live = arms[0]
         labels.expire()  # what timed out before this batch arrived cannot be learned from it
         for item in batch.items:
             if type(item) is Event:
+                arm = arms[router.arm_of(item.key)] if router is not None else live
                 try:
-                    if classifier:
-                        score = model.predict_proba_one(item.features)
-                        prediction = max(score, key=score.get) if score else None
-                    else:
-                        score = prediction = model.predict_one(item.features)
+                    score, prediction = arm.score(item.features, classifier)
                 except Exception as e:  # a record the model cannot take is data, not a crash
                     counts["model_errors"] += 1
+                    arm.counts["errors"] += 1
                     dead.append(_dead_event(item, f"model error: {type(e).__name__}: {e}", name))
                     continue
                 counts["scored"] += 1
                 lines.append(orjson.dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
-                    "prediction": prediction, "model_version": version,
+                    "prediction": prediction, "model_version": arm.version, "arm": arm.name,
                     "checkpoint": checkpoint, "scorer": name,
                     "event_time": item.event_time, "scored_at": time.time(),
                     "partition": item.partition, "offset": item.offset,
                 }, option=_JSON))
                 keys.append(item.key)
+                versions.append(arm.version)
                 read_at.append(item.read_at)
-                early = labels.add(item.record_id, _Scored(item.features, score, prediction))
-                if early is not None:
-                    self._learn(item, item.features, score, prediction, early[0], dead)
+                dark = self._shadow_scores(item, shadows, classifier, shadow_lines) \
+                    if shadows else None
+                scored = _Scored(item.features, score, prediction, arm, dark)
+                early = labels.add(item.record_id, scored)
+                if early is not None:  # its label came first
+                    self._learn(item, (scored, early[0]), dead)
             else:
                 assert type(item) is Feedback
                 counts["feedback"] += 1
                 held = labels.match(item.record_id, item.label)
                 if held is not None:
-                    self._learn(item, held.features, held.y_pred, held.prediction, item.label,
-                                dead)
-        return SinkBatch(lines, keys, [version] * len(lines), read_at, dead)
+                    self._learn(item, (held, item.label), dead)
+        return SinkBatch(lines, keys, versions, read_at, dead, shadow_lines)
 
-    def _learn(self, item: Event | Feedback, features: dict[str, Any], y_pred: Any,
-               prediction: Any, label: Any, dead: list[DeadLetter]) -> None:
+    def _shadow_scores(self, item: Event, shadows: list[Arm], classifier: bool,
+                       out: list[bytes]) -> tuple[tuple[Arm, Any, Any], ...]:
+        dark = []
+        for arm in shadows:
+            try:
+                score, prediction = arm.score(item.features, classifier)
+            except Exception:  # a shadow's failure never touches the live path
+                arm.counts["errors"] += 1
+                continue
+            dark.append((arm, score, prediction))
+            out.append(orjson.dumps({
+                "record_id": item.record_id, "key": item.key, "score": score,
+                "prediction": prediction, "model_version": arm.version, "arm": arm.name,
+                "scorer": self.name, "event_time": item.event_time, "scored_at": time.time(),
+                "partition": item.partition, "offset": item.offset}, option=_JSON))
+        return tuple(dark)
+
+    def _learn(self, item: Event | Feedback, held_label: tuple[_Scored, Any],
+               dead: list[DeadLetter]) -> None:
+        held, label = held_label
+        y_pred, prediction = held.y_pred, held.prediction
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
             self._update_metrics(label, y_pred, prediction)
+        gain = held.arm.observe(label, y_pred, prediction)
+        if held.shadows:
+            for arm, s_pred, s_prediction in held.shadows:
+                s_gain = arm.observe(label, s_pred, s_prediction)
+                if gain is not None and s_gain is not None:
+                    arm.compare(s_gain, gain)
+        features = held.features
+        for arm in self._learners:  # candidates and the warm previous version learn too
+            try:
+                arm.model.learn_one(features, label)
+            except Exception:
+                arm.counts["errors"] += 1
         try:
-            self.model.learn_one(features, label)
+            self.arms[0].model.learn_one(features, label)
         except Exception as e:
             self.counts["model_errors"] += 1
             dead.append(DeadLetter(
@@ -145,17 +204,58 @@ class ScorerCore:
         w[0] += 1
         w[1] += hit
 
+    # -- the control path --------------------------------------------------------------
+    def apply(self, deployment: Deployment, models: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``deployment`` from the next event on (call it between batches).
+
+        Arms whose version this scorer already holds (as an arm or as the warm previous
+        version) keep their model and go on learning; ``models`` has the others, loaded.
+        Returns how many events this scorer had scored before the change.
+        """
+        held = {a.version: a for a in self.arms}
+        if self.previous is not None:
+            held.setdefault(self.previous.version, self.previous)
+
+        def arm_for(spec: ArmSpec) -> Arm:
+            arm = held.pop(spec.version, None)
+            if arm is None:
+                if spec.version not in models:
+                    raise KeyError(f"{self.name}: no model for version {spec.version}")
+                model = models[spec.version]
+                arm = Arm(spec, model, self._task_of(spec.version, model))
+            arm.respec(spec)
+            return arm
+
+        arms = [arm_for(spec) for spec in deployment.arms]
+        previous = None
+        if deployment.previous is not None:
+            previous = arm_for(ArmSpec("previous", deployment.previous, "previous", 0.0))
+        for arm in arms:
+            arm.reset_comparison()
+        self.arms, self.previous, self.deployment = arms, previous, deployment
+        self._configure()
+        return {"name": self.name, "scored": self.counts["scored"]}
+
+    def _task_of(self, version: str, model: Any) -> Task:
+        task = task_of_model(model)
+        if (task == "regression") != (self.task == "regression"):
+            raise ValueError(f"{self.name}: version {version} is a {task} model; this "
+                             f"pipeline's is {self.task}")
+        return task
+
     # -- checkpoints -------------------------------------------------------------------
-    _STATE = ("model", "labels", "version", "_windows", "_metrics", "_n_metric", "counts")
+    _STATE = ("arms", "previous", "deployment", "labels", "_windows", "_metrics",
+              "_n_metric", "counts")
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything learned so far: the model, the pending labels, metrics and counts."""
+        """Everything learned so far: the arms' models, the pending labels, metrics, counts."""
         return {name: getattr(self, name) for name in self._STATE}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`snapshot` (of a scorer of the same name and config)."""
         for name in self._STATE:
             setattr(self, name, state[name])
+        self._configure()
 
     # -- what the supervisor asks ------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -166,7 +266,16 @@ class ScorerCore:
             "task": self.task, "n_metric": self._n_metric,
             "metrics": {k: m.get() for k, m in self._metrics.items()},
             "windows": [list(w) for w in self._windows],
+            "deployment": self.deployment.mode,
+            "arms": [a.stats() for a in self.arms],
+            "previous": self.previous.version if self.previous is not None else None,
         }
+
+
+def task_of_model(model: Any) -> Task:
+    """What a served model predicts: a River model's task, or a batch model's own."""
+    task = getattr(model, "task", None)
+    return task if isinstance(task, str) else task_of(model)  # type: ignore[return-value]
 
 
 def _dead_event(event: Event, error: str, scorer: str) -> DeadLetter:

@@ -108,8 +108,12 @@ class FileSink:
                 drop_partial_line(path)
         self._predictions: IO[bytes] = open(paths[0], mode)
         self._dead: IO[bytes] = open(paths[1], mode)
+        self._shadow_path, self._shadow_mode = out_dir / "shadow.jsonl", mode
+        self._shadow: IO[bytes] | None = None
+        """Opened at the first shadow output (most runs have none)."""
         self.latency = LatencySketch()
-        self.counts = {"predictions_written": 0, "dead_letters_written": 0}
+        self.counts = {"predictions_written": 0, "dead_letters_written": 0,
+                       "shadow_written": 0}
 
     def write(self, batch: SinkBatch) -> Ack:
         n, n_dead = len(batch.predictions), len(batch.dead_letters)
@@ -119,6 +123,14 @@ class FileSink:
         if n_dead:
             self._dead.write(b"".join(dead_letter_json(d) + b"\n" for d in batch.dead_letters))
             self._dead.flush()
+        if batch.shadow:
+            if self._shadow is None:
+                if self._shadow_mode == "ab":
+                    drop_partial_line(self._shadow_path)
+                self._shadow = open(self._shadow_path, self._shadow_mode)
+            self._shadow.write(b"\n".join(batch.shadow) + b"\n")
+            self._shadow.flush()
+            self.counts["shadow_written"] += len(batch.shadow)
         now = time.time()
         self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
         self.counts["predictions_written"] += n
@@ -129,8 +141,8 @@ class FileSink:
         return {**self.counts, "latency_ms": self.latency.summary()}
 
     def close(self) -> None:
-        for f in (self._predictions, self._dead):
-            if not f.closed:
+        for f in (self._predictions, self._dead, self._shadow):
+            if f is not None and not f.closed:
                 f.flush()
                 f.close()
 
@@ -159,7 +171,8 @@ class KafkaSink:
         self._propagator = TraceContextTextMapPropagator()
         self._partitions: dict[str, int] = {}
         self.latency = LatencySketch()
-        self.counts = {"predictions_written": 0, "dead_letters_written": 0}
+        self.counts = {"predictions_written": 0, "dead_letters_written": 0,
+                       "shadow_written": 0}
 
     def write(self, batch: SinkBatch) -> Ack:
         from kafka.errors import KafkaError
@@ -188,6 +201,13 @@ class KafkaSink:
                               partition=partition_of(key, n_parts),
                               headers=[("riffle.model_version", version.encode()),
                                        ("traceparent", traceparent)]))
+                if batch.shadow:  # shadow outputs: their own topic, never the predictions'
+                    topic = self._topics.shadow
+                    n_shadow = self._n_partitions(topic)
+                    for line in batch.shadow:
+                        key = orjson.loads(line)["key"]
+                        keep(send(topic, value=line, key=key.encode("utf-8"),
+                                  partition=partition_of(key, n_shadow)))
                 topic = self._topics.dead_letters
                 keep = dead.append
                 for d in batch.dead_letters:
@@ -204,6 +224,7 @@ class KafkaSink:
         self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
         self.counts["predictions_written"] += len(batch.predictions)
         self.counts["dead_letters_written"] += len(batch.dead_letters)
+        self.counts["shadow_written"] += len(batch.shadow)
         return Ack(len(batch.predictions), len(batch.dead_letters))
 
     def _flush(self, predictions: list[Any], dead: list[Any]) -> None:

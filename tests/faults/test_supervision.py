@@ -34,6 +34,7 @@ import yaml
 from pipelines.checkpoint import CheckpointStore, loads_state
 from pipelines.config import PipelineConfig
 from pipelines.runner import run_pipeline
+from pipelines.scoring import live_model_of
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -125,7 +126,7 @@ def final_models(out: Path) -> dict[str, dict[str, Any]]:
     assert manifest is not None and manifest.final, "no final checkpoint"
     models = {}
     for name in ("scorer-0", "scorer-1"):
-        model = loads_state(store.read_part(manifest, name))["model"]
+        model = live_model_of(loads_state(store.read_part(manifest, name)))
         lr = model["LogisticRegression"]
         scaler = model["StandardScaler"]
         models[name] = {"weights": dict(lr.weights), "intercept": lr.intercept,
