@@ -105,7 +105,7 @@ class Supervisor(ControlPath):
         if cfg.checkpoint.enabled or resume:
             self._store = await loop.run_in_executor(None, CheckpointStore, self._store_url)
             self._seq = await loop.run_in_executor(None, self._store.next_seq)
-        if cfg.registry.enabled and self._store is not None:
+        if cfg.registry.enabled:
             from pipelines.registry import Registry
 
             url = cfg.registry.url or f"sqlite:///{self._out_dir / 'registry.db'}"
@@ -147,7 +147,7 @@ class Supervisor(ControlPath):
         await self._all_ready()
         launch = None if append else self._launch_command()
         if launch is not None:  # before the first event: every record sees the launch
-            await self._command(launch, "config")
+            await self._command(launch, "config", strict=True)
         self._runs = [a.run.remote() for a in self._ingest]
 
     async def _rebuild(self, failed: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from pipelines.errors import PipelineError
 from pipelines.lifecycle import Lifecycle, LifecycleError, Prepared, deployment_from_json
 from pipelines.promotion import GainStats, PromotionPolicy
 from pipelines.protocol import Command
@@ -99,9 +100,10 @@ class ControlPath:
             await self._evaluate_candidate()
             await asyncio.sleep(interval)
 
-    async def _command(self, raw: bytes, channel: str,
-                       details: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Check, plan and apply one command; None if it was refused (and recorded)."""
+    async def _command(self, raw: bytes, channel: str, details: dict[str, Any] | None = None,
+                       *, strict: bool = False) -> dict[str, Any] | None:
+        """Check, plan and apply one command; None if it was refused (and recorded).
+        ``strict``: a refusal raises (the config's launch: the run cannot start as told)."""
         loop = asyncio.get_running_loop()
         async with self._control_lock:
             try:
@@ -109,6 +111,8 @@ class ControlPath:
                                                       channel)
             except LifecycleError as e:
                 self._log.record("command_rejected", "supervisor", str(e), channel=channel)
+                if strict:
+                    raise PipelineError(f"launch in the config refused: {e}") from None
                 return None
             except Exception as e:  # the registry is away: refused, the stream goes on
                 self._log.record("command_rejected", "supervisor",

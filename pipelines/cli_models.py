@@ -1,8 +1,8 @@
 """``riffle models``: read the model registry (``list``, ``show``, ``diff``).
 
-The registry is the one next to the pipeline's outputs, ``sqlite:///<out_dir>/registry.db``
-(``out_dir`` from CONFIG), unless ``--registry URL`` names another (a PostgreSQL URL,
-say). A version is named by its full id (``local/ckpt-000012``) or, within CONFIG's
+The registry is CONFIG's ``registry.url``, by default the one next to the pipeline's
+outputs, ``sqlite:///<out_dir>/registry.db``, unless ``--registry URL`` names another (a
+PostgreSQL URL, say). A version is named by its full id (``local/ckpt-000012``) or, within CONFIG's
 pipeline, by its local part (``ckpt-000012``). Errors are one line, exit code 2.
 """
 
@@ -37,7 +37,8 @@ class _Fail(click.ClickException):
 
 
 def default_registry_url(config: PipelineConfig) -> str:
-    return f"sqlite:///{(config.out_dir / 'registry.db').resolve()}"
+    """The config's ``registry.url``, else the SQLite file in its output folder."""
+    return config.registry.url or f"sqlite:///{(config.out_dir / 'registry.db').resolve()}"
 
 
 def _registry_options(fn: F) -> F:

@@ -222,7 +222,8 @@ class Command(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+    id: Annotated[str, Field(min_length=1, max_length=32)] = Field(
+        default_factory=lambda: uuid.uuid4().hex[:16])
     op: Op
     pipeline: str
     version: str | None = None
