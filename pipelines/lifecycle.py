@@ -265,10 +265,16 @@ class Lifecycle:
             raise LifecycleError(f"{version}: checkpoint {manifest.id} has no part for "
                                  f"{', '.join(missing)} (it was taken with other scorers)")
         try:
-            return {s: store.read_part(manifest, s) for s in self.scorers}
+            parts = {s: store.read_part(manifest, s) for s in self.scorers}
         except (OSError, RiffleError) as e:
             raise LifecycleError(f"{version}: cannot read checkpoint {manifest.id} (pruned?): "
                                  f"{e}") from None
+        # Only the model goes to the scorer: a part also holds pending labels and the
+        # memory of learned ids (megabytes), and unpickling those would pause scoring.
+        from pipelines.checkpoint import dumps_state, loads_state
+        from pipelines.scoring import live_model_of
+
+        return {s: dumps_state(live_model_of(loads_state(blob))) for s, blob in parts.items()}
 
     def _refused(self, raw: bytes, channel: str, cmd: Command | None, error: str
                  ) -> NoReturn:
