@@ -89,7 +89,7 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
     blob = dumps_model(model)
     uri = _write_artifact(config.checkpoint_store, f"models/{version_id.split('/', 1)[1]}.pkl",
                           blob)
-    with Registry(registry_url or config.registry.url or default_registry_url(config)) as reg:
+    with Registry(registry_url or default_registry_url(config)) as reg:
         return reg.register(
             pipeline=config.name, kind="sklearn", version_id=version_id,
             model_class=model.model_class, params=model.params, artifact_uri=uri,
