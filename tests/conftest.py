@@ -104,7 +104,8 @@ def make_kafka_config(make_config: Callable[..., PipelineConfig], kafka_bootstra
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
             "topics": {name: f"t-{tag}-{name}" for name in
-                       ("events", "feedback", "predictions", "dead_letters", "models")},
+                       ("events", "feedback", "predictions", "dead_letters", "models",
+                        "shadow")},
         }
         base: dict[str, Any] = {
             "source": {"kind": "kafka", "partitions": 4, "idle_stop_s": 8.0},

@@ -155,3 +155,57 @@ def test_kafka_backlog_events_and_feedback_aligned_equals_river_progressive_vali
         metrics.LogLoss()).get()
     assert summary["metrics"]["log_loss"] == pytest.approx(reference, abs=1e-12, rel=0)
     assert summary["labels_early"] == 0
+
+
+def test_kafka_control_topic_commands_reach_the_running_pipeline_and_are_recorded(
+        make_kafka_config: Any, tmp_path: Any) -> None:
+    """The CLI sends on the `models` topic; the running Supervisor reads, refuses (there is
+    nothing to roll back to) and records it with its topic position; the stream goes on."""
+    import sys
+    import threading
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines.control_kafka import KafkaControl
+    from pipelines.registry import Registry
+
+    config = make_kafka_config(source={"idle_stop_s": 6.0})
+    bootstrap, topics = config.kafka.bootstrap_servers, config.kafka.topics
+    from pipelines.kafka import ensure_topics
+
+    ensure_topics(config.kafka, 4)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(300):
+        key = f"applicant-{i % 13}"
+        producer.send(topics.events, key=key.encode(), value=orjson.dumps(_event(i, key)))
+    producer.flush()
+    config_file = tmp_path / "kafka.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    repo = Path(__file__).resolve().parents[2]
+    answers: dict[str, Any] = {}
+
+    def send(_: Any) -> None:
+        def go() -> None:
+            KafkaControl(config.kafka, client_id="test").send(b'{"op": "promote"')
+            answers["cli"] = subprocess.run(
+                [sys.executable, "-m", "pipelines.cli", "models", "rollback", str(config_file),
+                 "--reason", "test"], cwd=repo, capture_output=True, text=True, timeout=120)
+        thread = threading.Thread(target=go, daemon=True)
+        thread.start()
+        answers["thread"] = thread
+
+    summary = run_pipeline(config, on_started=send)
+    answers["thread"].join(timeout=120)
+
+    cli = answers["cli"]
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert "refused by the pipeline: rollback: no previous version" in cli.stderr
+    assert summary["scored"] == 300
+    with Registry(f"sqlite:///{config.out_dir / 'registry.db'}") as reg:
+        log = reg.commands()
+    assert [c.status for c in log] == ["rejected", "rejected"]
+    assert log[0].error is not None and log[0].error.startswith("malformed command")
+    assert log[1].op == "rollback" and log[1].actor  # who sent it
+    assert all(c.channel.startswith(f"kafka:{topics.models}[0]@") for c in log)
+    assert [int(c.channel.rsplit("@", 1)[1]) for c in log] == [0, 1]
