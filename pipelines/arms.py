@@ -78,6 +78,10 @@ class Arm:
         self.task = task
         self.learns: bool = getattr(model, "learns", True)
         """River models learn online; a batch-trained (scikit-learn) model is frozen."""
+        self.batched = not self.learns and hasattr(model, "predict_proba_many")
+        """A frozen model scores a batch's events in one call (the scores of one by one, to
+        BLAS rounding; scikit-learn's per-call overhead is ~0.5 ms, per row in a batch
+        ~10 us)."""
         self.metrics = new_metrics(task)
         self.counts = {"scored": 0, "labeled": 0, "errors": 0}
         self.latency = [0, 0.0, 0.0]
@@ -110,6 +114,28 @@ class Arm:
             lat[2] = spent
         self.counts["scored"] += 1
         return score, prediction
+
+    def score_many(self, rows: list[dict[str, Any]], classifier: bool
+                   ) -> list[tuple[Any, Any]]:
+        """:meth:`score` of many rows in one model call (raises if any row is bad)."""
+        import pandas as pd
+
+        started = time.perf_counter()
+        frame = pd.DataFrame.from_records(rows)
+        if classifier:
+            scores = self.model.predict_proba_many(frame).to_dict("records")
+            out = [(s, max(s, key=s.get) if s else None) for s in scores]
+        else:
+            out = [(v, v) for v in self.model.predict_many(frame).tolist()]
+        spent = time.perf_counter() - started
+        lat = self.latency
+        lat[0] += len(rows)
+        lat[1] += spent
+        per_row = spent / max(len(rows), 1)
+        if per_row > lat[2]:
+            lat[2] = per_row
+        self.counts["scored"] += len(rows)
+        return out
 
     def observe(self, label: Any, y_pred: Any, prediction: Any) -> float | None:
         """The label of a record this arm scored: its metrics and gain (None if it had

@@ -42,7 +42,8 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 
 from pipelines.errors import ModelError
-from pipelines.models import Task, task_of
+from pipelines.models import Task
+from pipelines.scoring import task_of_model
 
 __all__ = ["SklearnModel", "dumps_model", "loads_model", "public_name", "sklearn_task",
            "task_of_model"]
@@ -245,11 +246,6 @@ def sklearn_task(estimator: Any) -> Task:
         return "regression"
     raise ModelError(f"{type(_final(estimator)).__name__} is neither a classifier nor a "
                      "regressor")
-
-
-def task_of_model(model: Any) -> Task:
-    """What a served model predicts, for a River model or a :class:`SklearnModel`."""
-    return model.task if isinstance(model, SklearnModel) else task_of(model)
 
 
 def dumps_model(model: SklearnModel) -> bytes:

@@ -18,6 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.cli_models import models
+from pipelines.cli_train import train
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import RiffleError, RunFailed
 
@@ -296,6 +297,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 cli.add_command(models)
+cli.add_command(train)
 
 
 def main() -> None:

@@ -84,6 +84,7 @@ class ScorerCore:
             a.role in ("canary", "ab") for a in arms) else None
         self._shadows = [a for a in arms if a.role == "shadow"]
         self._learners = [a for a in arms[1:] if a.learns]
+        self._batched = any(a.batched for a in arms)
         if self.previous is not None and self.previous.learns:
             self._learners.append(self.previous)
 
@@ -102,11 +103,15 @@ class ScorerCore:
         name, checkpoint = self.name, self.checkpoint
         live = arms[0]
         labels.expire()  # what timed out before this batch arrived cannot be learned from it
-        for item in batch.items:
+        pre = self._prescore(batch, classifier) if self._batched else None
+        for i, item in enumerate(batch.items):
             if type(item) is Event:
                 arm = arms[router.arm_of(item.key)] if router is not None else live
                 try:
-                    score, prediction = arm.score(item.features, classifier)
+                    if pre is not None and (i, arm) in pre:
+                        score, prediction = pre[i, arm]
+                    else:
+                        score, prediction = arm.score(item.features, classifier)
                 except Exception as e:  # a record the model cannot take is data, not a crash
                     counts["model_errors"] += 1
                     arm.counts["errors"] += 1
@@ -123,8 +128,8 @@ class ScorerCore:
                 keys.append(item.key)
                 versions.append(arm.version)
                 read_at.append(item.read_at)
-                dark = self._shadow_scores(item, shadows, classifier, shadow_lines) \
-                    if shadows else None
+                dark = self._shadow_scores(item, i, pre, shadows, classifier,
+                                           shadow_lines) if shadows else None
                 scored = _Scored(item.features, score, prediction, arm, dark)
                 early = labels.add(item.record_id, scored)
                 if early is not None:  # its label came first
@@ -137,12 +142,40 @@ class ScorerCore:
                     self._learn(item, (held, item.label), dead)
         return SinkBatch(lines, keys, versions, read_at, dead, shadow_lines)
 
-    def _shadow_scores(self, item: Event, shadows: list[Arm], classifier: bool,
+    def _prescore(self, batch: Batch, classifier: bool
+                  ) -> dict[tuple[int, Arm], tuple[Any, Any]]:
+        """Scores of the batch's events for the frozen (batch-scoring) arms, by item index;
+        a batch a model refuses as a whole is scored one by one (bad rows dead-lettered)."""
+        router, arms = self._router, self.arms
+        wanted: dict[Arm, list[int]] = {}
+        for i, item in enumerate(batch.items):
+            if type(item) is not Event:
+                continue
+            served = arms[router.arm_of(item.key)] if router is not None else arms[0]
+            for arm in (served, *self._shadows):
+                if arm.batched:
+                    wanted.setdefault(arm, []).append(i)
+        out: dict[tuple[int, Arm], tuple[Any, Any]] = {}
+        for arm, index in wanted.items():
+            rows = [batch.items[i].features for i in index]  # type: ignore[union-attr]
+            try:
+                scored = arm.score_many(rows, classifier)
+            except Exception:
+                continue
+            out.update(zip(((i, arm) for i in index), scored, strict=True))
+        return out
+
+    def _shadow_scores(self, item: Event, i: int,
+                       pre: dict[tuple[int, Arm], tuple[Any, Any]] | None,
+                       shadows: list[Arm], classifier: bool,
                        out: list[bytes]) -> tuple[tuple[Arm, Any, Any], ...]:
         dark = []
         for arm in shadows:
             try:
-                score, prediction = arm.score(item.features, classifier)
+                if pre is not None and (i, arm) in pre:
+                    score, prediction = pre[i, arm]
+                else:
+                    score, prediction = arm.score(item.features, classifier)
             except Exception:  # a shadow's failure never touches the live path
                 arm.counts["errors"] += 1
                 continue

@@ -207,7 +207,29 @@ def test_scorer_core_serves_sklearn_model_and_learns_nothing(make_fitted) -> Non
     out = core.process(Batch(0, items))
     assert len(out.predictions) == 200 and not out.dead_letters
     scores = [json.loads(line)["score"] for line in out.predictions]
-    assert scores == [{str(k): v for k, v in model.predict_proba_one(x).items()}
-                      for x in rows[:200]]
+    # Scored as one batch: equal to one by one up to the last bits of BLAS rounding.
+    expected = [{str(k): v for k, v in model.predict_proba_one(x).items()} for x in rows[:200]]
+    assert all(s == pytest.approx(e, rel=1e-12) for s, e in zip(scores, expected, strict=True))
     assert core.stats()["learned"] == 200  # each label reached learn_one, which kept it frozen
     assert core.stats()["arms"][0]["learns"] is False
+
+
+def test_scorer_scores_a_frozen_model_batch_at_once_same_scores_bad_row_dead_lettered(
+        make_fitted: Callable[..., Fitted]) -> None:
+    estimator, features, rows, _, _ = make_fitted()
+    model = SklearnModel(estimator, features, "binary")
+    core = ScorerCore(ScoringConfig(), name="scorer-0")
+    core.apply(Deployment.single("p/sk-1"), {"p/sk-1": model})
+    items: list[Any] = [Event(f"r{i}", f"k{i}", 0.0, x, 0, i, 0.0)
+                        for i, x in enumerate(rows[:300])]
+    bad = dict(rows[0])
+    del bad[features[0]]
+    items.insert(150, Event("bad", "kb", 0.0, bad, 0, 999, 0.0))
+    out = core.process(Batch(0, items))
+    scored = [json.loads(p) for p in out.predictions]
+    assert [p["record_id"] for p in scored] == [f"r{i}" for i in range(300)]
+    for p, x in zip(scored, rows[:300], strict=True):
+        one = model.predict_proba_one(x)
+        assert {int(k): v for k, v in p["score"].items()} == pytest.approx(one, rel=1e-12)
+    assert [d.record_id for d in out.dead_letters] == ["bad"]
+    assert "missing feature" in out.dead_letters[0].error
