@@ -262,6 +262,17 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
         table.add_row(name, f"{value:.4f}")
     table.add_row("restarts", str(sup.get("restarts", 0)))
     table.add_row("last checkpoint", str(sup.get("last_checkpoint")))
+    dep = st.get("deployment")
+    if dep:
+        table.add_row("deployment", f"{dep['mode']} (previous: {dep.get('previous') or '-'}; "
+                                    f"commands {dep['commands_applied']} applied, "
+                                    f"{dep['commands_rejected']} refused)")
+        for name, arm in dep["arms"].items():
+            quality = " ".join(f"{k}={v:.4f}" for k, v in arm["metrics"].items())
+            latency = arm.get("latency_us_mean")
+            table.add_row(f"arm {name}", f"{arm['version']} {arm['role']} "
+                          f"w={arm['weight']:.2f} scored={arm['scored']:,} {quality}"
+                          + (f" {latency:.0f} us" if latency is not None else ""))
     Console().print(table)
     log_path = folder / "supervision.jsonl"
     if n_log and log_path.exists():

@@ -91,6 +91,11 @@ class _WhenPredictions:
             raise self.error
 
 
+def reg_events(root: Path, version: str) -> list[Any]:
+    with Registry(f"sqlite:///{root / 'registry.db'}") as reg:
+        return reg.events(version)
+
+
 def _riffle(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
@@ -124,6 +129,7 @@ def test_swap_under_load_every_record_scored_once_by_the_version_live_then(
         cli["deploy"] = _riffle("models", "deploy", str(config_file), candidate,
                                 "--reason", "a better model")
         cli["unknown"] = _riffle("models", "deploy", str(config_file), "ckpt-424242")
+        cli["rollback"] = _riffle("models", "rollback", str(config_file))
 
     hook = _WhenPredictions(out, 1500, commands)
     summary = run_pipeline(cfg, on_started=hook)
@@ -144,7 +150,8 @@ def test_swap_under_load_every_record_scored_once_by_the_version_live_then(
         rejected = [c for c in log if c.status == "rejected"]
         events = [e.kind for e in reg.events(candidate)]
         retired_events = reg.events(retired)
-    assert len(applied) == 1 and applied[0].version_id == candidate
+    assert [c.op for c in applied] == ["deploy", "rollback"]
+    assert applied[0].version_id == candidate
     errors = " | ".join(c.error or "" for c in rejected)
     assert "malformed command" in errors
     assert "unknown model version lc/ckpt-999999" in errors
@@ -153,18 +160,22 @@ def test_swap_under_load_every_record_scored_once_by_the_version_live_then(
     assert any(c.channel == "cli" for c in rejected)  # the CLI's own refusal is logged too
     assert "deployed" in events
     assert retired_events[-1].kind == "rejected"
-    # Each scorer switched once, between two batches: exactly the events it had scored
-    # before the swap carry the old version; every later one the candidate.
-    before = applied[0].details["scored_before"]
+    assert cli["rollback"].returncode == 0, cli["rollback"].stderr
+    assert [e.kind for e in reg_events(root, candidate)][-1] == "rolled_back"
+    # Each scorer switched twice, each time between two batches: exactly the events it
+    # scored between the swap and the rollback carry the candidate, all others v0.
+    swap, back = applied[0].details["scored_before"], applied[1].details["scored_before"]
     by_scorer: dict[str, Counter[str]] = {}
     for p in preds:
         by_scorer.setdefault(p["scorer"], Counter())[p["model_version"]] += 1
-    for scorer, n_before in before.items():
-        assert by_scorer[scorer]["v0"] == n_before
-        assert by_scorer[scorer][candidate] == sum(by_scorer[scorer].values()) - n_before
+    for scorer, n_swap in swap.items():
+        assert by_scorer[scorer][candidate] == back[scorer] - n_swap
+        assert by_scorer[scorer]["v0"] == sum(by_scorer[scorer].values()) - (
+            back[scorer] - n_swap)
     assert sum(c[candidate] for c in by_scorer.values()) > 0
     assert applied[0].details["pause_ms_max"] >= 0
     assert summary["deployment"]["commands_rejected"] == 4
+    assert summary["deployment"]["arms"]["live"]["version"] == "v0"
 
 
 def test_shadow_candidate_clearly_better_is_promoted_automatically_and_never_predicts_in_shadow(
@@ -204,7 +215,9 @@ def test_canary_serves_its_share_of_keys_sticky_by_key(
         versions: tuple[Path, list[str]]) -> None:
     root, ids = versions
     cfg = _config(root, "canary", source={"n_events": 6000, "n_keys": 2000},
-                  launch={"mode": "canary", "candidate": ids[-1], "share": 0.3})
+                  launch={"mode": "canary", "candidate": ids[-1], "share": 0.3},
+                  checkpoint={"enabled": True, "interval_s": None,
+                              "store": str(root / "canary-checkpoints")})
     summary = run_pipeline(cfg)
     preds = read_jsonl(cfg.out_dir / "predictions.jsonl")
     arms_of_key: dict[str, set[str]] = {}
@@ -216,3 +229,49 @@ def test_canary_serves_its_share_of_keys_sticky_by_key(
     arms = summary["deployment"]["arms"]
     assert arms["candidate"]["scored"] + arms["live"]["scored"] == 6000
     assert arms["candidate"]["labeled"] > 0 and "accuracy" in arms["candidate"]["metrics"]
+
+    # The deployment is part of every checkpoint: a resumed run serves the same arms
+    # (and does not launch the config's candidate a second time).
+    resumed = run_pipeline(cfg, resume=True)
+    assert resumed["deployment"]["mode"] == "canary"
+    assert resumed["deployment"]["arms"]["candidate"]["version"] == ids[-1]
+    assert resumed["deployment"]["commands_applied"] == 0
+
+
+def test_batch_trained_version_is_canaried_beside_the_online_model(
+        versions: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """riffle train's scikit-learn version serves its share of keys through the same
+    model interface; its scores are the model's own."""
+    from pipelines.batch_models import loads_model
+    from pipelines.sources.sample import write_sample
+    from pipelines.training import train
+
+    root, _ = versions
+    history = tmp_path / "history.jsonl"
+    write_sample(history, n_events=3000, seed=5)
+    cfg = _config(root, "sk", source={"n_events": 4000, "n_keys": 1000},
+                  training={"estimator": "sklearn.linear_model.LogisticRegression"})
+    version = train(cfg, history, actor="test")
+    assert version.kind == "sklearn"
+    cfg = _config(root, "sk", source={"n_events": 4000, "n_keys": 1000},
+                  launch={"mode": "canary", "candidate": version.id, "share": 0.5})
+    summary = run_pipeline(cfg)
+    preds = read_jsonl(cfg.out_dir / "predictions.jsonl")
+    canary = [p for p in preds if p["arm"] == "candidate"]
+    assert canary and {p["model_version"] for p in canary} == {version.id}
+    assert len({p["record_id"] for p in preds}) == 4000
+    with Registry(f"sqlite:///{root / 'registry.db'}") as reg:
+        model = loads_model(reg.load_artifact(version.id))
+        assert "canaried" in [e.kind for e in reg.events(version.id)]
+    # The features of each record, regenerated as the source made them (per partition).
+    from itertools import islice
+
+    from pipelines.sources.synthetic import make_stream
+
+    streams = {p: list(islice(make_stream(cfg.source, p), 4000)) for p in (0, 1)}
+    for p in canary:
+        partition, index = (int(v) for v in p["record_id"].rsplit("-", 2)[1:])
+        expected = model.predict_proba_one(streams[partition][index][0])
+        assert {int(k): v for k, v in p["score"].items()} == pytest.approx(expected, rel=1e-9)
+    arms = summary["deployment"]["arms"]
+    assert arms["candidate"]["scored"] == len(canary) and arms["candidate"]["labeled"] > 0

@@ -108,6 +108,7 @@ def test_cli_run_file_with_bad_lines_goes_on_and_writes_outputs(tmp_path: Path) 
     assert status.returncode == 0, status.stderr
     assert "finished" in status.stdout and "ckpt-" in status.stdout
     assert "start" in status.stdout and "final" in status.stdout
+    assert "arm live" in status.stdout and "v0 live" in status.stdout
     # Every committed checkpoint is a model version in the run's registry.
     listed = riffle("models", "list", str(config), "--registry",
                     f"sqlite:///{tmp_path / 'out' / 'registry.db'}", timeout=60)
