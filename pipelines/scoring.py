@@ -85,6 +85,7 @@ class ScorerCore:
         self._shadows = [a for a in arms if a.role == "shadow"]
         self._learners = [a for a in arms[1:] if a.learns]
         self._batched = any(a.batched for a in arms)
+        self._compare = len(arms) > 1
         if self.previous is not None and self.previous.learns:
             self._learners.append(self.previous)
 
@@ -194,7 +195,8 @@ class ScorerCore:
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
             self._update_metrics(label, y_pred, prediction)
-        gain = held.arm.observe(label, y_pred, prediction)
+        # Per-arm quality only matters beside another arm (one arm's is the pipeline's).
+        gain = held.arm.observe(label, y_pred, prediction) if self._compare else None
         if held.shadows:
             for arm, s_pred, s_prediction in held.shadows:
                 s_gain = arm.observe(label, s_pred, s_prediction)
@@ -290,6 +292,11 @@ class ScorerCore:
             setattr(self, name, state[name])
         self._configure()
 
+    def _arm_stats(self) -> list[dict[str, Any]]:
+        if self._compare:
+            return [a.stats() for a in self.arms]
+        return [_single_arm_stats(self.arms[0], self)]
+
     # -- what the supervisor asks ------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters, metrics and windows of this scorer (plain data, cheap to send)."""
@@ -300,9 +307,17 @@ class ScorerCore:
             "metrics": {k: m.get() for k, m in self._metrics.items()},
             "windows": [list(w) for w in self._windows],
             "deployment": self.deployment.mode,
-            "arms": [a.stats() for a in self.arms],
+            "arms": self._arm_stats(),
             "previous": self.previous.version if self.previous is not None else None,
         }
+
+
+def _single_arm_stats(arm: Arm, core: ScorerCore) -> dict[str, Any]:
+    """A lone live arm's figures are the pipeline's own (it is not observed twice)."""
+    out = arm.stats()
+    out["labeled"] = core._n_metric
+    out["metrics"] = {k: m.get() for k, m in core._metrics.items()}
+    return out
 
 
 def task_of_model(model: Any) -> Task:
