@@ -254,7 +254,8 @@ class Registry:
         manifest in turn holds each part's hash). Its data ranges run from where its
         lineage began learning (the parent's start, else ``start_positions`` or 0) to
         the checkpoint's positions; ``n_learned`` counts the labels learned over the
-        lineage.
+        lineage. The deployment the checkpoint holds (which versions served which arms)
+        is kept in the ``created`` event's details.
         """
         uri = store_file_uri(store_url, f"{manifest.id}/{MANIFEST}")
         blob = read_uri(uri)
@@ -270,7 +271,8 @@ class Registry:
             model_class=model_class, params=params, artifact_uri=uri,
             artifact_sha256=sha256_hex(blob), parent_id=parent_id,
             config_hash=manifest.config_hash, data=data, metrics=metrics, actor=actor,
-            checkpoint=manifest.id, events_read=manifest.events_read)
+            checkpoint=manifest.id, events_read=manifest.events_read,
+            deployment=manifest.deployment)
 
     def record(self, version_id: str, kind: str, actor: str | None = None,
                **details: Any) -> LifecycleEvent:

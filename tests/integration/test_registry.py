@@ -138,7 +138,7 @@ def test_registry_versions_of_a_river_pipeline_are_its_checkpoints(
     assert [v.id for v in registry.versions("p")] == [v1.id, v2.id]
     assert registry.versions("other") == []
     assert registry.events(v2.id)[0].details == {"checkpoint": "ckpt-000002",
-                                                 "events_read": 1770}
+                                                 "events_read": 1770, "deployment": None}
     ckpt_store, manifest = registry.open_checkpoint(v2.id)
     assert manifest == m2
     assert ckpt_store.read_part(manifest, "scorer-0") == b"model state 2"
