@@ -8,10 +8,11 @@ slows reading instead of growing memory. A batch goes out when it holds
 Positions are committed to the source only once the sink has acknowledged every
 record before them (at-least-once).
 
-Checkpoints: on ``barrier`` the actor sends out everything it has routed, records its
-source positions and its dedupe memory, and sends each scorer a barrier behind the
-data. With several ingest actors it then holds (reads nothing) until ``resume``, so
-that no scorer sees a record after the positions before every barrier has arrived.
+Checkpoints: on ``barrier`` the actor sends out everything it has routed, waits for the
+sink's acks of it, records its source positions and its dedupe memory, and sends each
+scorer a barrier behind the data. With several ingest actors it then holds (reads
+nothing) until ``resume``, so that no scorer sees a record after the positions before
+every barrier has arrived.
 """
 
 from __future__ import annotations
@@ -220,7 +221,12 @@ class IngestActor:
         assert self._barrier_request is not None and self._store is not None
         ckpt, seq, n_inputs, hold = self._barrier_request
         started = time.monotonic()
-        self._flush(force=True)  # everything routed goes out ahead of the barrier
+        self._flush(force=True)  # everything routed goes out ahead of the barrier...
+        # ...and is written: the positions tell a restart that every record before them
+        # is done. A sink lost after the commit with such records' writes still queued
+        # would lose them for good (no restart replays them).
+        while any(self._lanes):
+            self._collect(0.05)
         positions = self._reader.positions()
         part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
         refs = [scorer.barrier.remote(ckpt, seq, n_inputs, self._generation)
