@@ -319,4 +319,8 @@ class KafkaReader:
             self.counts["commits"] += 1
 
     def close(self) -> None:
+        # Closing revokes our partitions, and the revoke forgets their positions; a closed
+        # reader still tells where it stopped (the final checkpoint records that).
+        positions = dict(self._next)
         self._consumer.close(autocommit=False)
+        self._next = positions
