@@ -339,7 +339,10 @@ class Supervisor(ControlPath):
 
     async def _progress(self) -> tuple[int, dict[str, int]]:
         """Events read so far, and the positions the ingest actors have reached."""
-        stats = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
+        try:
+            stats = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
+        except ray.exceptions.RayError as e:  # an ingest actor died: restart, not the end
+            raise ActorFailed(await self._culprit("supervisor"), _cause(e)) from None
         positions = self._positions()
         for st in stats:
             positions.update(st["positions"])
@@ -434,8 +437,12 @@ class Supervisor(ControlPath):
         writes = [p.get("write_s", 0.0) for p in scorer_parts if p is not None]
         pause = duration if hold else (max(r["inject_s"] for r in results)
                                        + max(writes, default=0.0))
-        await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
         self._note_checkpoint(manifest, pause, duration)
+        try:
+            await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
+        except ray.exceptions.RayError as e:  # a scorer died just after the commit
+            raise ActorFailed(await self._culprit("supervisor"),
+                              f"after checkpoint {ckpt}: {_cause(e)}") from None
         return manifest
 
     async def _final_checkpoint(self, stats: list[dict[str, Any]]) -> None:
