@@ -178,6 +178,7 @@ class IngestActor:
         try:
             return self._run()
         except BaseException:
+            self._aborted = True  # this generation is over: nothing more goes out (_drain)
             self._close_reader()  # e.g. a scorer died: leave the consumer group now
             raise
         finally:
@@ -337,7 +338,13 @@ class IngestActor:
 
     def _drain(self, revoked: set[str]) -> None:
         """Before partitions are taken away: send everything, wait for every ack, commit;
-        then forget their positions (committing them later could move offsets back)."""
+        then forget their positions (committing them later could move offsets back).
+
+        Not after a failure or an abort (closing the reader revokes too): a batch may have
+        been lost on the way, and the rest would reach the scorers without it; the
+        restart rewinds to the checkpoint anyway."""
+        if self._aborted:
+            return
         self._flush(force=True)
         while any(self._lanes):
             self._collect(0.05)
