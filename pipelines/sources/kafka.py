@@ -182,6 +182,7 @@ class KafkaReader:
         # It must not be tiny: kafka-python 3.0 completes a group (re)join only across
         # polls of some length (with 10 ms polls a rejoin was seen to stall until the
         # session timed out).
+        self._unpark()
         records = self._consumer.poll(timeout_ms=self._poll_ms, max_records=max_n)
         fetched: list[SourceMessage] = []
         require_key = self._source.require_message_key
@@ -207,6 +208,20 @@ class KafkaReader:
         if out:
             self._last_message = now
         return out
+
+    def _unpark(self) -> None:
+        """Work around kafka-python 3.0.12 (the latest): records of a partition paused
+        halfway through a fetch are parked, and handed back after its resume only when
+        the fetcher's current-records slot is empty (None); but a slot whose records are
+        used up keeps the object, and a parked partition is never fetched again, so a
+        partition we paused (``_pause_runaways``) could stall for good with its lag
+        unread. Emptying a used-up slot lets the next poll take the parked records."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is None or not getattr(fetcher, "_paused_partition_records", None):
+            return
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current is not None and not current:
+            fetcher._next_partition_records = None
 
     def _lag(self, kind: str, partition: int) -> int | None:
         """Messages of that side on the broker and not yet read (see TopicAligner)."""
