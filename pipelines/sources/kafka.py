@@ -119,6 +119,13 @@ class KafkaReader:
         for topic in self._topics:
             self._consumer.partitions_for_topic(topic)
         self._consumer.subscribe(topics=list(self._topics), listener=Listener())
+        # ...and so must the group coordinator, which takes its view of the subscribed
+        # topics from the first metadata update after subscribe(): without one before the
+        # first join, the leader assigns from an empty view and rejoins at once. With
+        # kafka-python 3.0.12 such a rejoin can hang for good when a poll's timeout ends
+        # during it (the SyncGroup answer is never applied; the member stays rebalancing,
+        # reads nothing, and is expelled at the session timeout). topics() is that update.
+        self._consumer.topics()
 
     def _revoked(self, revoked: Any, *, lost: bool) -> None:
         self.counts["rebalances"] += 1

@@ -54,6 +54,9 @@ class FakeConsumer:
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener = listener
 
+    def topics(self) -> set[str]:
+        return {tp.topic for tp in self.logs}
+
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 
