@@ -72,7 +72,8 @@ def test_kafka_sink_all_sends_succeed_acked(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert sink.write(_batch(5, n_dead=2)) == Ack(5, 2)
     assert fake.flush_timeouts == [35.0]  # delivery_timeout_ms and a margin: never unbounded
-    assert sink.counts == {"predictions_written": 5, "dead_letters_written": 2}
+    assert sink.counts == {"predictions_written": 5, "dead_letters_written": 2,
+                           "shadow_written": 0}
 
 
 def test_kafka_sink_one_failed_send_raises_instead_of_acking(
