@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
+from pipelines.allocator import pin_mmap_threshold
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
@@ -43,12 +44,25 @@ COMMIT_INTERVAL_S = 0.5  # commit acknowledged positions at most this often (and
 BARRIER_TIMEOUT_S = 60.0
 
 
+def _without_task_events(method: Any) -> Any:
+    """``method`` as a call Ray keeps no task events of.
+
+    Ray records every task (task events) for its dashboard and state API, and its GCS
+    keeps the records until it holds 100,000 tasks: with two tasks per batch the GCS
+    grew by ~33 MiB per million events. The calls this actor makes (batches, barriers)
+    and the calls it answers (pings, stats, barriers) go without; riffle's stats count
+    what they did.
+    """
+    return method.options(enable_task_events=False)
+
+
 # run() in one thread; barrier (which waits for the loop), stop, stats, ping beside it.
-@ray.remote(max_restarts=0, max_concurrency=4)
+@ray.remote(max_restarts=0, max_concurrency=4, enable_task_events=False)
 class IngestActor:
     def __init__(self, config: PipelineConfig, *, name: str, partitions: list[int], task: Task,
                  scorers: list[ActorHandle], sink: ActorHandle, generation: int = 0,
                  store_url: str | None = None, restore: dict[str, Any] | None = None) -> None:
+        pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         Drills(config.runtime.fault_drills, name).fire("start")
         self.name = name
         self._config = config
@@ -76,6 +90,8 @@ class IngestActor:
                                             on_revoke=self._drain, client_id=self.name)
         self._scorers = scorers
         self._sink = sink
+        self._process = [_without_task_events(sc.process) for sc in scorers]
+        self._write = _without_task_events(sink.write)
         self._tracker = PositionTracker()
         self._stop = threading.Event()
         n = len(scorers)
@@ -230,7 +246,7 @@ class IngestActor:
             self._collect(0.05)
         positions = self._reader.positions()
         part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
-        refs = [scorer.barrier.remote(ckpt, seq, n_inputs, self._generation)
+        refs = [_without_task_events(scorer.barrier).remote(ckpt, seq, n_inputs, self._generation)
                 for scorer in self._scorers]
         if hold:
             self._hold.set()
@@ -251,7 +267,7 @@ class IngestActor:
         self._tracker.chunk_read(chunk, self._reader.positions())
         if dead:
             self._send(len(self._scorers), chunk,
-                       lambda: self._sink.write.remote(SinkBatch.of_dead_letters(dead)))
+                       lambda: self._write.remote(SinkBatch.of_dead_letters(dead)))
         now = time.monotonic()
         for s, items in enumerate(routed):
             if items:
@@ -273,10 +289,10 @@ class IngestActor:
                 oldest = self._take_segments(s, len(head))
                 data = encode_batch(Batch(self._seq, head))
                 self._seq += 1
-                scorer = self._scorers[s]
+                process = self._process[s]
                 # The scorer's output goes to the sink by reference: it never comes back here.
-                self._send(s, oldest, lambda sc=scorer, d=data, g=self._generation:
-                           self._sink.write.remote(sc.process.remote(d, g)))
+                self._send(s, oldest, lambda p=process, d=data, g=self._generation:
+                           self._write.remote(p.remote(d, g)))
                 if buf and len(buf) < size and not force:
                     self._since[s] = now  # the rest waits for its own linger
 

@@ -68,11 +68,14 @@ def run_pipeline(
             on_started(supervisor)
         stopping = False
         interval = config.runtime.progress_interval_s
+        # Polled every interval for as long as the pipeline runs: no task events (Ray's GCS
+        # would keep a record of each poll; see actors.ingest._without_task_events).
+        poll_status = supervisor.status.options(enable_task_events=False)
         while not ray.wait([done], timeout=interval)[0]:
             if stop is not None and stop.is_set() and not stopping:
                 stopping = True
                 ray.get(supervisor.stop.remote())
-            status = ray.get(supervisor.status.remote())
+            status = ray.get(poll_status.remote())
             write_status(out, status)
             if on_progress is not None:
                 on_progress(status)
