@@ -4,7 +4,7 @@
 Same run, same process tree, same work: read, validate, predict, learn, write.
 
     python scripts/bench.py                      # the README's table
-    python scripts/bench.py --events 2000000 --only memory
+    python scripts/bench.py --memory-events 2000000 --only-memory --checkpoint-repeats 0
 
 Workloads:
   replay     events replayed from a JSONL file (the pipeline's own overhead is what differs)
@@ -84,6 +84,7 @@ class MemorySampler:
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
+        self.t0 = time.monotonic()
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -113,14 +114,14 @@ class MemorySampler:
         return total, roles
 
     def _run(self) -> None:
-        t0 = time.monotonic()
         while not self._stop.wait(self.interval_s):
             total, roles = self._tree_rss()
-            now = time.monotonic() - t0
+            now = time.monotonic() - self.t0
             self.samples.append((now, total))
             self.by_role.append((now, roles))
 
     def __enter__(self) -> MemorySampler:
+        self.t0 = time.monotonic()
         self._thread.start()
         return self
 
@@ -136,12 +137,36 @@ class MemorySampler:
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
     from pipelines.runner import run_pipeline
 
+    progress: list[tuple[float, int]] = []  # (seconds since the sampler started, events read)
     with MemorySampler() as mem:
-        s = run_pipeline(config)
+        s = run_pipeline(config, on_progress=lambda st: progress.append(
+            (time.monotonic() - mem.t0, st.get("events", 0))))
     return {"events": s["events"], "events_per_s": s["events_per_s"],
             "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
             "accuracy": s["metrics"].get("accuracy"), "peak_rss_mib": mem.peak_mib,
-            "memory": mem.samples, "memory_by_role": mem.by_role}
+            "memory": mem.samples, "memory_by_role": mem.by_role, "progress": progress}
+
+
+def memory_points(r: dict[str, Any], n_events: int) -> list[dict[str, Any]]:
+    """RSS by role 20 s in, then as the events read pass each quarter of ``n_events``."""
+    by_role, progress = r["memory_by_role"], r["progress"]
+    warm = [(t, m) for t, m in by_role if t > 20]
+    if not warm:
+        return []
+    wanted = [(warm[0][0], "after 20 s")]
+    for q in (1, 2, 3):
+        crossed = next((t for t, ev in progress if ev >= n_events * q // 4), None)
+        if crossed is not None:
+            wanted.append((crossed, f"{q}/4 read"))
+    wanted.append((warm[-1][0], "at the end"))
+    points = []
+    for when, label in wanted:
+        t, roles = min(warm, key=lambda tm: abs(tm[0] - when))
+        events = max((ev for tp, ev in progress if tp <= t), default=0)
+        points.append({"label": label, "t_s": round(t), "events": events,
+                       "total_mib": round(sum(roles.values()) / 2**20),
+                       "by_role_mib": {k: round(v / 2**20) for k, v in roles.items()}})
+    return points
 
 
 def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[str, Any]:
@@ -287,14 +312,10 @@ def main() -> None:
             first, last = (warm[0], warm[-1]) if warm else (0, 0)
             loop_rate = results.get("synthetic/loop", {}).get("events_per_s")
             rows.append(fmt_row(f"synthetic: 2+2, {args.memory_events:,} events", r, loop_rate))
-            roles = [(t, m) for t, m in r["memory_by_role"] if t > 20]
-            results["memory"] = {"events": r["events"], "rss_after_20s_mib": first / 2**20,
+            results["memory"] = {"events": r["events"], "events_per_s": r["events_per_s"],
+                                 "rss_after_20s_mib": first / 2**20,
                                  "rss_at_end_mib": last / 2**20, "peak_mib": r["peak_rss_mib"],
-                                 "by_role_mib": {
-                                     role: [round(roles[0][1].get(role, 0) / 2**20),
-                                            round(roles[len(roles) // 2][1].get(role, 0) / 2**20),
-                                            round(roles[-1][1].get(role, 0) / 2**20)]
-                                     for role in roles[-1][1]} if roles else {}}
+                                 "points": memory_points(r, args.memory_events)}
         if args.checkpoint_repeats and not args.only_memory:
             results["checkpoints"] = checkpoint_cost(replay, tmpdir, args.checkpoint_repeats)
             slow = dict(replay, rate_per_s=5_000)
@@ -305,11 +326,24 @@ def main() -> None:
     print("\n".join(rows))
     if "memory" in results:
         m = results["memory"]
-        print(f"\nmemory over {m['events']:,} events: {m['rss_after_20s_mib']:.0f} MiB after 20 s, "
-              f"{m['rss_at_end_mib']:.0f} MiB at the end (peak {m['peak_mib']:.0f} MiB)")
-        print("RSS MiB by role (after 20 s / halfway / at the end):")
-        for role, (a, b, c) in sorted(m["by_role_mib"].items()):
-            print(f"  {role:<32} {a:>6} {b:>6} {c:>6}")
+        print(f"\nmemory over {m['events']:,} events ({m['events_per_s']:,.0f}/s): "
+              f"{m['rss_after_20s_mib']:.0f} MiB after 20 s, {m['rss_at_end_mib']:.0f} MiB at the "
+              f"end (peak {m['peak_mib']:.0f} MiB)")
+        points = m["points"]
+        print("RSS MiB by role, sampled as the events read pass each quarter:")
+        print(f"  {'':<32}" + "".join(f" {p['label']:>11}" for p in points))
+        print(f"  {'events read':<32}" + "".join(f" {p['events']:>11,}" for p in points))
+        roles = sorted({role for p in points for role in p["by_role_mib"]})
+        for role in [*roles, "total"]:
+            cells = [p["total_mib"] if role == "total" else p["by_role_mib"].get(role, 0)
+                     for p in points]
+            half = next((p for p in points if p["label"] == "2/4 read"), None)
+            growth = ""
+            if half is not None and points[-1]["events"] > half["events"]:
+                per_m = ((cells[-1] - cells[points.index(half)]) * 1e6
+                         / (points[-1]["events"] - half["events"]))
+                growth = f"   {per_m:+6.1f} MiB per 1M events in the second half"
+            print(f"  {role:<32}" + "".join(f" {c:>11}" for c in cells) + growth)
     if "checkpoints" in results:
         c = results["checkpoints"]
         print(f"\ncheckpoints (replay, 1 ingest + 2 scoring, {args.checkpoint_repeats} runs each, "
