@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from pipelines.allocator import pin_mmap_threshold
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
@@ -32,6 +33,7 @@ class ScorerActor:
                  restore: dict[str, Any] | None = None, drills: list[str] | None = None,
                  deployment: Deployment | None = None,
                  artifacts: dict[str, bytes] | None = None) -> None:
+        pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         self._drills = Drills(drills or [], name)
         self._drills.fire("start")
         self._config = config
