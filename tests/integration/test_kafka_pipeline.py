@@ -170,7 +170,8 @@ def test_kafka_control_topic_commands_reach_the_running_pipeline_and_are_recorde
     from pipelines.control_kafka import KafkaControl
     from pipelines.registry import Registry
 
-    config = make_kafka_config(source={"idle_stop_s": 6.0})
+    # Long enough idle that a slow CLI start (a loaded machine) still finds it running.
+    config = make_kafka_config(source={"idle_stop_s": 20.0})
     bootstrap, topics = config.kafka.bootstrap_servers, config.kafka.topics
     from pipelines.kafka import ensure_topics
 
