@@ -10,6 +10,11 @@ when read back.
 The store is a local folder or any pyarrow filesystem URL (``s3://``, ``gs://``,
 ``hdfs://``), so a cluster's actors can share it.
 
+Beside the store: :class:`CheckpointSchedule`, when the Supervisor starts the next
+checkpoint (every ``interval_s`` seconds or ``every_events`` events), and
+:func:`resume_point`, which checkpoint a resumed run starts from (the newest whose
+every part still matches its hash).
+
 >>> import tempfile
 >>> store = CheckpointStore(tempfile.mkdtemp())
 >>> part = store.write_part("ckpt-000001", "scorer-0", b"model bytes")
@@ -25,23 +30,30 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pyarrow import fs
 from pydantic import BaseModel, ConfigDict
 
+from pipelines.config import CheckpointConfig
 from pipelines.errors import PipelineError
 
-__all__ = ["CheckpointError", "CheckpointStore", "Manifest", "Part", "checkpoint_id",
-           "dumps_state", "loads_state"]
+__all__ = ["CheckpointError", "CheckpointSchedule", "CheckpointStore", "Damage",
+           "DamagedCheckpoint", "Manifest", "Part", "ResumePoint", "checkpoint_id",
+           "dumps_state", "loads_state", "resume_point"]
 
 MANIFEST = "MANIFEST.json"
 
 
 class CheckpointError(PipelineError):
     """A checkpoint cannot be written, or one read back is damaged."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """``--resume`` found no checkpoint whose every part matches its manifest."""
 
 
 class Part(BaseModel):
@@ -164,6 +176,22 @@ class CheckpointStore:
                                   "its hash in the manifest")
         return bytes(blob)
 
+    def damage(self, manifest: Manifest) -> list[Damage]:
+        """Every part of ``manifest`` read back and hashed: the ones that do not match
+        (changed, cut short or missing); empty if the checkpoint is intact."""
+        out = []
+        for name, part in sorted(manifest.parts.items()):
+            try:
+                with self._fs.open_input_stream(self._path(part.path)) as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            except (FileNotFoundError, OSError):
+                out.append(Damage(manifest.id, name, part.path, "is missing"))
+                continue
+            if digest != part.sha256:
+                out.append(Damage(manifest.id, name, part.path,
+                                  "does not match its SHA-256 in the manifest"))
+        return out
+
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` committed checkpoints, and any uncommitted
         folder older than the newest committed one. Returns what was deleted."""
@@ -182,3 +210,133 @@ class CheckpointStore:
                 self._fs.delete_dir(self._path(name))
                 gone.append(name)
         return sorted(gone)
+
+
+class Damage(NamedTuple):
+    """One part of a committed checkpoint that no longer matches its manifest."""
+
+    checkpoint: str
+    part: str
+    """The part's name (the actor that wrote it: ``ingest-0``, ``scorer-1``)."""
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.checkpoint}: part {self.part} ({self.path}) {self.reason}"
+
+
+class ResumePoint(NamedTuple):
+    """Where a resumed run starts: ``manifest``, after skipping the newer ``damaged``."""
+
+    manifest: Manifest
+    damaged: list[Damage]
+    """What made each newer checkpoint unusable (first damaged part of each), newest first."""
+
+
+def resume_point(store: CheckpointStore) -> ResumePoint | None:
+    """The newest committed checkpoint whose every part matches its hash; None if the
+    store holds no committed checkpoint.
+
+    A damaged part is found here, before any actor starts, not by the actor restoring
+    it (which would fail, be restarted from the same part and fail again until its
+    restart policy escalates). Older intact checkpoints are the fallback: records after
+    them are read again, as after any failure. If every one is damaged, the run cannot
+    start as asked: :class:`DamagedCheckpoint`, naming the newest damaged part.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> store = CheckpointStore(str(root))
+    >>> for seq in (1, 2):
+    ...     ckpt = checkpoint_id(seq)
+    ...     part = store.write_part(ckpt, "ingest-0", b"dedupe memory")
+    ...     _ = store.commit(Manifest(id=ckpt, seq=seq, created_at=0.0, pipeline="p",
+    ...                               config_hash="c", positions={}, parts={"ingest-0": part}))
+    >>> resume_point(store).manifest.id
+    'ckpt-000002'
+    >>> _ = (root / "ckpt-000002" / "ingest-0.pkl").write_bytes(b"dedupe memorY")
+    >>> point = resume_point(store)
+    >>> point.manifest.id, str(point.damaged[0])
+    ('ckpt-000001', 'checkpoint ckpt-000002: part ingest-0 (ckpt-000002/ingest-0.pkl) \
+does not match its SHA-256 in the manifest')
+    >>> _ = (root / "ckpt-000001" / "ingest-0.pkl").write_bytes(b"")
+    >>> resume_point(store)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pipelines.checkpoint.DamagedCheckpoint: --resume: no intact checkpoint in ... \
+part ingest-0 (ckpt-000002/ingest-0.pkl) does not match its SHA-256 in the manifest \
+(and 1 older checkpoint damaged too)
+    """
+    damaged: list[Damage] = []
+    for manifest in reversed(store.manifests()):
+        found = store.damage(manifest)
+        if not found:
+            return ResumePoint(manifest, damaged)
+        damaged.append(found[0])
+    if not damaged:
+        return None
+    older = len(damaged) - 1
+    also = (f" (and {older} older checkpoint{'s' if older > 1 else ''} damaged too)"
+            if older else "")
+    raise DamagedCheckpoint(f"--resume: no intact checkpoint in {store.url}: "
+                            f"{damaged[0]}{also}")
+
+
+class CheckpointSchedule:
+    """When the Supervisor starts the next checkpoint: once ``interval_s`` seconds have
+    passed since the last one ended, or ``every_events`` events were read since the last
+    committed one, whichever comes first; and not on time alone if the source positions
+    have not moved (an idle pipeline takes no checkpoints).
+
+    Counting events needs a round trip to the ingest actors, so :meth:`wants_progress`
+    says when to ask (at most every ``poll_s``, and only if a count can decide);
+    :meth:`due` decides from the answer. Times are ``time.monotonic()`` seconds.
+
+    >>> from pipelines.config import CheckpointConfig
+    >>> s = CheckpointSchedule(CheckpointConfig(interval_s=5.0, every_events=1000), now=0.0)
+    >>> s.wants_progress(0.0), s.wants_progress(0.2)     # asked, then too soon to ask again
+    (True, False)
+    >>> s.due(0.0, events=400, moved=True)                # neither 5 s nor 1,000 events yet
+    False
+    >>> s.wants_progress(0.5) and s.due(0.5, events=1200, moved=True)
+    True
+    >>> s.taken(0.7, events_read=1200)                    # committed: count anew from there
+    >>> s.wants_progress(5.7) and s.due(5.7, events=1300, moved=False)   # idle: wait on
+    False
+    >>> s.wants_progress(10.7) and s.due(10.7, events=1300, moved=True)
+    True
+    """
+
+    def __init__(self, config: CheckpointConfig, *, now: float, events_read: int = 0,
+                 poll_s: float = 0.5) -> None:
+        self._interval_s = config.interval_s or math.inf
+        self._every_events = config.every_events
+        self._poll_s = poll_s
+        self._next_at = now + self._interval_s
+        self._next_poll = now
+        self._events_at = events_read
+        """Events read when the last committed checkpoint was taken."""
+
+    def wants_progress(self, now: float) -> bool:
+        """Whether to ask the ingest actors for their events and positions now."""
+        if (now >= self._next_at or self._every_events) and now >= self._next_poll:
+            self._next_poll = now + self._poll_s
+            return True
+        return False
+
+    def due(self, now: float, *, events: int, moved: bool) -> bool:
+        """Whether to start a checkpoint, given the events read so far and whether the
+        positions moved since the last checkpoint."""
+        if self._every_events and events - self._events_at >= self._every_events:
+            return True
+        if now < self._next_at:
+            return False
+        if not moved:  # nothing read since the last: look again an interval later
+            self._next_at = now + self._interval_s
+            return False
+        return True
+
+    def taken(self, now: float, *, events_read: int | None) -> None:
+        """A checkpoint ended: committed at ``events_read``, or abandoned (None)."""
+        if events_read is not None:
+            self._events_at = events_read
+        self._next_at = now + self._interval_s

@@ -11,13 +11,17 @@ from river.datasets import synth
 
 from pipelines.checkpoint import (
     CheckpointError,
+    CheckpointSchedule,
     CheckpointStore,
+    DamagedCheckpoint,
     Manifest,
     checkpoint_id,
     dumps_state,
     loads_state,
+    resume_point,
 )
-from pipelines.config import PipelineConfig, ScoringConfig
+from pipelines.config import CheckpointConfig, PipelineConfig, ScoringConfig
+from pipelines.errors import RiffleError
 from pipelines.faults import Drills, parse_drill
 from pipelines.ingest import IngestCore
 from pipelines.labels import LabelBuffer
@@ -59,6 +63,74 @@ def test_commit_refuses_a_manifest_whose_part_is_incomplete(tmp_path: Path) -> N
         store.commit(Manifest(id="ckpt-000001", seq=1, created_at=0.0, pipeline="p",
                               config_hash="h", positions={}, parts={"scorer-0": part}))
     assert store.latest() is None
+
+
+def _flip_one_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+def test_resume_point_is_the_newest_checkpoint_when_every_part_is_intact(tmp_path: Path
+                                                                         ) -> None:
+    store = CheckpointStore(str(tmp_path))
+    assert resume_point(store) is None  # nothing committed: the caller says so
+    for seq in (1, 2):
+        commit(store, seq, {"ingest-0": b"dedupe", "scorer-0": b"model"})
+    point = resume_point(store)
+    assert point is not None and point.manifest.id == "ckpt-000002" and point.damaged == []
+
+
+def test_resume_point_skips_a_checkpoint_with_one_changed_byte_naming_the_part(
+        tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path))
+    for seq in (1, 2, 3):
+        commit(store, seq, {"ingest-0": b"dedupe memory", "scorer-0": b"model bytes"})
+    _flip_one_byte(tmp_path / "ckpt-000003" / "ingest-0.pkl")
+    (tmp_path / "ckpt-000002" / "scorer-0.pkl").unlink()
+    point = resume_point(store)
+    assert point is not None and point.manifest.id == "ckpt-000001"
+    assert [(d.checkpoint, d.part) for d in point.damaged] == [
+        ("ckpt-000003", "ingest-0"), ("ckpt-000002", "scorer-0")]
+    assert "does not match its SHA-256" in point.damaged[0].reason
+    assert point.damaged[1].reason == "is missing"
+    assert store.damage(point.manifest) == []
+
+
+def test_resume_point_refuses_in_one_line_when_no_checkpoint_is_intact(tmp_path: Path
+                                                                       ) -> None:
+    store = CheckpointStore(str(tmp_path))
+    for seq in (1, 2):
+        commit(store, seq, {"ingest-0": b"dedupe memory", "scorer-0": b"model bytes"})
+        _flip_one_byte(tmp_path / checkpoint_id(seq) / "scorer-0.pkl")
+    with pytest.raises(DamagedCheckpoint) as raised:
+        resume_point(store)
+    message = str(raised.value)
+    assert isinstance(raised.value, RiffleError) and "\n" not in message
+    assert "checkpoint ckpt-000002: part scorer-0 (ckpt-000002/scorer-0.pkl)" in message
+    assert "1 older checkpoint damaged too" in message
+
+
+def test_schedule_by_time_waits_for_moved_positions() -> None:
+    s = CheckpointSchedule(CheckpointConfig(interval_s=2.0), now=0.0)
+    assert not s.wants_progress(1.9)  # no count to look at before the interval
+    assert s.wants_progress(2.0) and not s.due(2.0, events=0, moved=False)
+    assert not s.wants_progress(3.0)  # an idle pipeline: the next look is an interval on
+    assert s.wants_progress(4.0) and s.due(4.0, events=10, moved=True)
+    s.taken(4.5, events_read=None)  # abandoned: time counts from its end all the same
+    assert not s.wants_progress(6.0) and s.wants_progress(6.5)
+
+
+def test_schedule_by_events_counts_from_the_last_committed_checkpoint() -> None:
+    s = CheckpointSchedule(CheckpointConfig(interval_s=None, every_events=100), now=0.0,
+                           events_read=1_000)  # resumed from a checkpoint at 1,000 events
+    assert s.wants_progress(0.0) and not s.due(0.0, events=1_099, moved=True)
+    assert not s.wants_progress(0.4)  # polled at most every 0.5 s
+    assert s.wants_progress(0.5) and s.due(0.5, events=1_100, moved=True)
+    s.taken(0.6, events_read=1_150)
+    assert s.wants_progress(1.0) and not s.due(1.0, events=1_249, moved=True)
+    assert s.due(1.5, events=1_250, moved=True)
+    assert not s.due(1e9, events=1_200, moved=True)  # no interval: never on time alone
 
 
 def test_prune_keeps_the_newest_and_drops_abandoned_folders(tmp_path: Path) -> None:
