@@ -29,7 +29,7 @@ from typing import Protocol
 
 from pipelines.config import PipelineConfig
 
-__all__ = ["ControlChannel", "FileControl", "open_control"]
+__all__ = ["ControlChannel", "FileControl", "channel_name", "open_control"]
 
 
 class ControlChannel(Protocol):
@@ -107,3 +107,10 @@ def open_control(config: PipelineConfig, *, out_dir: Path | None = None,
 
         return KafkaControl(config.kafka, client_id=client_id)
     return FileControl((out_dir or config.out_dir) / "control.jsonl")
+
+
+def channel_name(config: PipelineConfig, position: int, *, out_dir: Path | None = None) -> str:
+    """Where a command was read, as the registry's command log records it."""
+    if config.control_kind == "kafka":
+        return f"kafka:{config.kafka.topics.models}[0]@{position}"
+    return f"file:{(out_dir or config.out_dir) / 'control.jsonl'}@{position}"

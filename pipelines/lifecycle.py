@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from pipelines.checkpoint import MANIFEST, CheckpointStore, Manifest
+from pipelines.config import PipelineConfig
 from pipelines.errors import RiffleError
 from pipelines.protocol import ArmSpec, Command, CommandError, Deployment, parse_command
 
@@ -47,6 +48,7 @@ __all__ = [
     "Prepared",
     "deployment_from_json",
     "deployment_to_json",
+    "launch_command",
     "plan",
 ]
 
@@ -65,6 +67,19 @@ def deployment_to_json(d: Deployment) -> dict[str, Any]:
 def deployment_from_json(data: dict[str, Any]) -> Deployment:
     return Deployment(data["mode"], tuple(ArmSpec(**a) for a in data["arms"]),
                       data.get("previous"))
+
+
+def launch_command(config: PipelineConfig) -> Command | None:
+    """The config's ``launch``, as the command an operator would send (None: the run
+    starts with its own model alone, live)."""
+    launch = config.launch
+    if launch.mode == "live" and launch.candidate is None:
+        return None
+    return Command(op="deploy", pipeline=config.name,
+                   version=launch.candidate or next(iter(launch.weights)),
+                   mode=launch.mode, share=launch.share if launch.mode == "canary" else None,
+                   weights=dict(launch.weights) or None, actor="config",
+                   reason="launch in the pipeline's config")
 
 
 def _candidates(d: Deployment) -> list[ArmSpec]:

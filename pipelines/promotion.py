@@ -32,11 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from pipelines.config import PromotionConfig
+from pipelines.protocol import Deployment
 
-__all__ = ["Decision", "GainStats", "PromotionPolicy"]
+__all__ = ["ArmGains", "Decision", "GainStats", "PromotionPolicy", "merge_gains"]
 
 # Variance from sums of squares cancels: below this share of the mean square it is
 # rounding noise, and the gains were constant.
@@ -280,3 +281,43 @@ class PromotionPolicy:
             alpha_per_look=self.alpha_per_look,
             false_promotion_rate=self.config.false_promotion_rate,
         )
+
+
+class ArmGains(NamedTuple):
+    """Live's and the candidate's gains over every scorer (and their paired differences,
+    in shadow mode): what :meth:`PromotionPolicy.check` compares."""
+
+    live: GainStats
+    candidate: GainStats
+    paired: GainStats | None
+
+
+def merge_gains(scorers: list[dict[str, Any]], deployment: Deployment, *, paired: bool
+                ) -> ArmGains | None:
+    """Sum each scorer's gains of the live arm and of the candidate (``arms[1]``); None
+    while a scorer has not applied the deployment yet (its figures are of another).
+
+    >>> from pipelines.protocol import ArmSpec, Deployment
+    >>> d = Deployment("shadow", (ArmSpec("live", "v0", "live", 1.0),
+    ...                           ArmSpec("candidate", "v1", "shadow", 0.0)))
+    >>> def scorer(live, cand, diff):
+    ...     return {"arms": [{"version": "v0", "gain": live},
+    ...                      {"version": "v1", "gain": cand, "paired": diff}]}
+    >>> g = merge_gains([scorer([2, 1.0, 1.0], [2, 2.0, 2.0], [2, 1.0, 1.0]),
+    ...                  scorer([1, 1.0, 1.0], [1, 0.0, 0.0], [1, -1.0, 1.0])], d, paired=True)
+    >>> g.live.as_list(), g.candidate.as_list(), g.paired.as_list()
+    ([3, 2.0, 2.0], [3, 2.0, 2.0], [3, 0.0, 2.0])
+    >>> merge_gains([{"arms": [{"version": "v0", "gain": [1, 1.0, 1.0]}]}], d, paired=True)
+    """
+    live_version, candidate = deployment.arms[0].version, deployment.arms[1].version
+    live, cand = GainStats(), GainStats()
+    diff = GainStats() if paired else None
+    for st in scorers:
+        arms = {a["version"]: a for a in st["arms"]}
+        if live_version not in arms or candidate not in arms:
+            return None
+        live.merge(GainStats.from_list(arms[live_version]["gain"]))
+        cand.merge(GainStats.from_list(arms[candidate]["gain"]))
+        if diff is not None:
+            diff.merge(GainStats.from_list(arms[candidate]["paired"]))
+    return ArmGains(live, cand, diff)

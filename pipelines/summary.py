@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.protocol import Deployment
 from pipelines.scoring import merge_metrics
 
-__all__ = ["build_summary", "merge_windows"]
+__all__ = ["arms_summary", "build_summary", "merge_windows"]
 
 _INGEST = ("events", "feedback", "duplicates", "invalid", "feedback_invalid")
 _SCORER = ("scored", "learned", "model_errors", "labels_expired", "labels_unmatched",
@@ -61,3 +62,48 @@ def build_summary(*, name: str, ingest: list[dict[str, Any]], scorers: list[dict
     summary["positions"] = positions
     summary["stopped_early"] = stopped
     return summary
+
+
+def arms_summary(scorers: list[dict[str, Any]], deployment: Deployment, *, n_applied: int,
+                 n_rejected: int) -> dict[str, Any]:
+    """The deployment and, per arm over every scorer, its volume, quality and latency
+    (quality weighted by labels, latency by records scored).
+
+    >>> from pipelines.protocol import Deployment
+    >>> arm = {"name": "live", "version": "v0", "role": "live", "weight": 1.0,
+    ...        "latency_us": {"mean": 10.0, "max": 40.0}}
+    >>> s = arms_summary([{"arms": [{**arm, "scored": 3, "labeled": 1, "errors": 0,
+    ...                              "metrics": {"accuracy": 1.0}}]},
+    ...                   {"arms": [{**arm, "scored": 1, "labeled": 3, "errors": 0,
+    ...                              "metrics": {"accuracy": 0.0},
+    ...                              "latency_us": {"mean": 50.0, "max": 50.0}}]}],
+    ...                  Deployment.single("v0"), n_applied=0, n_rejected=0)
+    >>> live = s["arms"]["live"]
+    >>> live["scored"], live["metrics"], live["latency_us_mean"], live["latency_us_max"]
+    (4, {'accuracy': 0.25}, 20.0, 50.0)
+    """
+    arms: dict[str, dict[str, Any]] = {}
+    for st in scorers:
+        for a in st.get("arms", []):
+            out = arms.setdefault(a["name"], {
+                "version": a["version"], "role": a["role"], "weight": a["weight"],
+                "scored": 0, "labeled": 0, "errors": 0, "metrics": {},
+                "latency_us_mean": None, "latency_us_max": 0.0, "_lat": [0, 0.0]})
+            out["scored"] += a["scored"]
+            out["errors"] += a["errors"]
+            prev = out["labeled"]
+            out["labeled"] += a["labeled"]
+            for k, m in a["metrics"].items():  # weighted by labels
+                if out["labeled"]:
+                    out["metrics"][k] = (out["metrics"].get(k, 0.0) * prev
+                                         + m * a["labeled"]) / out["labeled"]
+            lat = a["latency_us"]
+            if lat["mean"] is not None:
+                out["_lat"][0] += a["scored"]
+                out["_lat"][1] += lat["mean"] * a["scored"]
+            out["latency_us_max"] = max(out["latency_us_max"], lat["max"])
+    for out in arms.values():
+        n, total = out.pop("_lat")
+        out["latency_us_mean"] = total / n if n else None
+    return {"mode": deployment.mode, "arms": arms, "previous": deployment.previous,
+            "commands_applied": n_applied, "commands_rejected": n_rejected}

@@ -17,6 +17,7 @@ from pipelines.registry.provenance import (
     ModelKind,
     batch_version_id,
     code_version,
+    river_model_fields,
     river_version_id,
 )
 from pipelines.registry.registry import (
@@ -52,5 +53,6 @@ __all__ = [
     "code_version",
     "default_actor",
     "head_revision",
+    "river_model_fields",
     "river_version_id",
 ]

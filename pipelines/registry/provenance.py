@@ -24,15 +24,19 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pyarrow import fs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.registry.migrate import RegistryError
 
+if TYPE_CHECKING:
+    from pipelines.config import ModelSpec
+
 __all__ = ["CodeVersion", "DataManifest", "ModelKind", "batch_version_id", "code_version",
-           "read_artifact", "read_uri", "river_version_id", "sha256_hex", "store_file_uri"]
+           "read_artifact", "read_uri", "river_model_fields", "river_version_id",
+           "sha256_hex", "store_file_uri"]
 
 ModelKind = Literal["river", "sklearn"]
 
@@ -65,6 +69,19 @@ class CodeVersion(BaseModel):
 
 def river_version_id(pipeline: str, checkpoint_id: str) -> str:
     return f"{pipeline}/{checkpoint_id}"
+
+
+def river_model_fields(spec: ModelSpec) -> dict[str, Any]:
+    """What a River version of ``spec`` is registered as: its class (the steps' names,
+    composed) and its parameters (every step's, and the spec's version).
+
+    >>> from pipelines.config import ModelSpec
+    >>> river_model_fields(ModelSpec())["model_class"]
+    'preprocessing.StandardScaler | linear_model.LogisticRegression'
+    """
+    return {"model_class": " | ".join(step.name for step in spec.steps),
+            "params": {"steps": [step.model_dump(mode="json") for step in spec.steps],
+                       "version": spec.version}}
 
 
 def batch_version_id(pipeline: str) -> str:
