@@ -1,14 +1,16 @@
-"""Running a pipeline on Ray: the driver side of ``riffle run``.
+"""Running a pipeline on Ray: the driver side of ``riffle run`` (``ray.init``, run,
+shutdown).
 
 The driver only starts the Supervisor, relays progress and stop requests, and writes
-the summary; all records flow between the actors.
+the summary; all records flow between the actors. It is the one module outside the
+actor shells that starts or stops Ray (``pipelines.training`` joins one to read history).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,22 +19,37 @@ import orjson
 import ray
 
 from pipelines.config import PipelineConfig
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, first_line, last_line
 from pipelines.sources import check_source
+from pipelines.status import read_status, write_status
 
-__all__ = ["ensure_ray", "read_status", "run_pipeline", "write_status"]
+__all__ = ["ensure_ray", "read_status", "run_pipeline", "shutdown_ray", "write_status"]
+
+log = logging.getLogger(__name__)
+
+
+# Ray (>= 2.59) warns on every local ray.init that it turned token authentication on
+# (and wrote ~/.ray/auth_token): useful once, noise on every run. The README's operations
+# section says what it means for `ray job submit`; Ray's own errors still show.
+_RAY_AUTH_LOGGER = "ray._private.authentication"
 
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Join the Ray named by ``RAY_ADDRESS`` or start a local one; True if started here."""
     if ray.is_initialized():
         return False
+    logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
     if not os.environ.get("RAY_ADDRESS"):
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 2
     ray.init(**kwargs)
     return True
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this process started (:func:`ensure_ray` returned True)."""
+    ray.shutdown()
 
 
 def run_pipeline(
@@ -43,6 +60,7 @@ def run_pipeline(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     on_started: Callable[[Any], None] | None = None,
     resume: bool = False,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` until its source ends or ``stop`` is set; returns the summary.
 
@@ -50,19 +68,24 @@ def run_pipeline(
     ``dead_letters.jsonl``, ``supervision.jsonl``, checkpoints (unless the config puts
     them elsewhere), ``status.json`` while running and ``summary.json`` at the end under
     ``out_dir``. ``on_started`` gets the Supervisor's handle once every actor answers
-    (e.g. to scale a Kafka group). ``resume`` starts from the last committed checkpoint.
+    (e.g. to scale a Kafka group). ``resume`` starts from the newest intact committed
+    checkpoint; ``on_notice`` gets the line saying so when a damaged one was passed over
+    (default: a logged warning).
     """
     from actors.supervisor import Supervisor
 
     check_source(config)
     out = Path(out_dir or config.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    store = config.checkpoint.store or str(out / "checkpoints")
+    store = config.checkpoint_store_url(out)
     if not resume:
         (out / "supervision.jsonl").unlink(missing_ok=True)
     supervisor = Supervisor.remote(config, str(out), store)
     try:
-        _get(supervisor.start.remote(resume))
+        # What the operator must know before the run goes on (one line each): a damaged
+        # checkpoint passed over on --resume.
+        for notice in _get(supervisor.start.remote(resume)):
+            (on_notice or log.warning)(notice)
         done = supervisor.wait.remote()
         if on_started is not None:
             on_started(supervisor)
@@ -78,12 +101,21 @@ def run_pipeline(
             status = ray.get(poll_status.remote())
             write_status(out, status)
             if on_progress is not None:
-                on_progress(status)
+                _observe(on_progress, status)
         summary: dict[str, Any] = _get(done)
     finally:
         ray.kill(supervisor, no_restart=True)
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
+
+
+def _observe(on_progress: Callable[[dict[str, Any]], None], status: dict[str, Any]) -> None:
+    """Show progress; a display that fails never stops the run it displays (a status
+    taken mid-restart holds only ``pipeline``, ``restarting`` and ``supervision``)."""
+    try:
+        on_progress(status)
+    except Exception as e:
+        log.warning("progress display failed (the run goes on): %s", first_line(e))
 
 
 def _get(ref: ray.ObjectRef) -> Any:
@@ -92,27 +124,4 @@ def _get(ref: ray.ObjectRef) -> Any:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if isinstance(e.cause, PipelineError) else None
-        raise cause or PipelineError(str(e).strip().splitlines()[-1]) from None
-
-
-def write_status(out: Path, status: dict[str, Any]) -> None:
-    """``status.json`` in ``out``, replaced whole (readers never see half of it)."""
-    tmp = out / ".status.json.tmp"
-    tmp.write_bytes(orjson.dumps({**status, "written_at": time.time()},
-                                 option=orjson.OPT_INDENT_2))
-    os.replace(tmp, out / "status.json")
-
-
-def read_status(out: Path) -> dict[str, Any]:
-    """The last status of the pipeline writing to ``out`` (``riffle status``)."""
-    path = out / "status.json"
-    final = out / "summary.json"
-    for candidate in (final, path) if final.exists() and (
-            not path.exists() or final.stat().st_mtime >= path.stat().st_mtime) else (path,):
-        try:
-            data: dict[str, Any] = orjson.loads(candidate.read_bytes())
-        except FileNotFoundError:
-            continue
-        data["finished"] = candidate == final
-        return data
-    raise PipelineError(f"{out}: no status.json or summary.json (has the pipeline run?)")
+        raise cause or PipelineError(last_line(e)) from None

@@ -22,7 +22,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.errors import ConfigError
+# format_validation_error is re-exported: config errors were formatted here first.
+from pipelines.errors import ConfigError, format_validation_error
 
 __all__ = [
     "CheckpointConfig",
@@ -466,32 +467,28 @@ class PipelineConfig(_Frozen):
     def out_dir(self) -> Path:
         return self.output.out_dir or Path("out") / self.name
 
-    @property
-    def checkpoint_store(self) -> str:
-        return self.checkpoint.store or str((self.out_dir / "checkpoints").resolve())
+    def checkpoint_store_url(self, out_dir: Path | None = None) -> str:
+        """``checkpoint.store``, else the ``checkpoints`` folder in the output folder
+        (``out_dir`` when the run writes elsewhere than the config says), absolute."""
+        return self.checkpoint.store or str(((out_dir or self.out_dir) / "checkpoints")
+                                            .resolve())
+
+    def registry_url(self, out_dir: Path | None = None) -> str:
+        """``registry.url``, else the SQLite file in the output folder (``out_dir``, as
+        for :meth:`checkpoint_store_url`).
+
+        >>> cfg = PipelineConfig.model_validate({"name": "a", "source": {"kind": "synthetic"},
+        ...                                      "output": {"out_dir": "/tmp/a"}})
+        >>> cfg.registry_url(), cfg.checkpoint_store_url(Path("/tmp/b"))
+        ('sqlite:////tmp/a/registry.db', '/tmp/b/checkpoints')
+        """
+        db = ((out_dir or self.out_dir) / "registry.db").resolve()
+        return self.registry.url or f"sqlite:///{db}"
 
     def config_hash(self) -> str:
         """A short content hash of the effective config (stable across key order)."""
         blob = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """One line: ``field.path: what was expected`` for each error, joined by ``; ``.
-
-    >>> try:
-    ...     PipelineConfig.model_validate({"name": "x",
-    ...                                    "source": {"kind": "synthetic", "seed": "a"}})
-    ... except ValidationError as e:
-    ...     print(format_validation_error(e))
-    source.synthetic.seed: Input should be a valid integer
-    """
-    parts = []
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
 
 
 def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:

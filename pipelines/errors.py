@@ -1,12 +1,38 @@
-"""riffle's error hierarchy.
+"""riffle's error hierarchy, and the one way an error becomes one line.
 
 Errors are for failures and mistakes of the operator (a bad config, a missing file);
 bad *records* are data and become dead letters instead. The CLI prints any
 :class:`RiffleError` as one line and exits with code 2, except a run that failed
 after it started (:class:`RunFailed`, e.g. an escalated crash loop): exit code 1.
+
+Every error class riffle defines lives here; the modules that raise them re-export
+them (``pipelines.checkpoint.CheckpointError`` is this module's).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = [
+    "ActorFailed",
+    "CheckpointError",
+    "CommandError",
+    "ConfigError",
+    "LifecycleError",
+    "ModelError",
+    "PipelineError",
+    "RegistryError",
+    "RiffleError",
+    "RunFailed",
+    "SourceError",
+    "first_line",
+    "format_validation_error",
+    "last_line",
+    "named_line",
+]
 
 
 class RiffleError(Exception):
@@ -31,3 +57,101 @@ class PipelineError(RiffleError):
 
 class RunFailed(PipelineError):
     """A running pipeline stopped on a failure its supervisor could not recover from."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint cannot be written, found or trusted (a part's hash does not match)."""
+
+
+class RegistryError(RiffleError):
+    """The model registry refused or failed (unknown version, broken database, bad URL)."""
+
+
+class LifecycleError(RiffleError):
+    """A lifecycle command that cannot apply to the current deployment (one line why)."""
+
+
+class CommandError(RiffleError, ValueError):
+    """A control message that is not a valid command (malformed JSON, a bad field)."""
+
+
+class ActorFailed(Exception):
+    """An actor of a running pipeline failed: the supervisor's business (restart or
+    escalate), never shown to the operator as it is (hence not a RiffleError)."""
+
+    def __init__(self, actor: str, error: str) -> None:
+        super().__init__(f"{actor}: {error}")
+        self.actor = actor
+        self.error = error
+
+
+def first_line(error: object) -> str:
+    """The first line of an error's message, or its class name when it has none.
+
+    >>> first_line(ValueError("bad value\\n  detail"))
+    'bad value'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def last_line(error: object) -> str:
+    """The last line of an error's message (where a Ray task error keeps its cause).
+
+    >>> last_line(RuntimeError("ray::ScorerActor.process()\\n  ...\\nValueError: boom"))
+    'ValueError: boom'
+    """
+    text = str(error).strip()
+    return text.splitlines()[-1].strip() if text else type(error).__name__
+
+
+def named_line(error: BaseException) -> str:
+    """``Class: first line`` of an error, or of the cause a Ray task error wraps (not
+    repeated when the message already starts with the class, as kafka-python's do).
+
+    >>> named_line(KeyError("metrics"))
+    "KeyError: 'metrics'"
+    >>> named_line(TimeoutError("TimeoutError: no answer"))
+    'TimeoutError: no answer'
+    """
+    cause = getattr(error, "cause", None) or error
+    name = type(cause).__name__
+    text = str(cause).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if line.startswith(name) else f"{name}: {line}" if line else name
+
+
+def format_validation_error(error: ValidationError, *, root: str = "<root>",
+                            extra_forbidden: str | None = None,
+                            collapse: dict[str, str] | None = None) -> str:
+    """One line: ``field.path: what was expected`` for each field, joined by ``; ``.
+
+    The first message per field is kept; ``extra_forbidden`` replaces pydantic's message
+    for unknown fields; ``collapse`` gives one message for every error under a top-level
+    field (a union's alternatives, say).
+
+    >>> from pydantic import BaseModel, ConfigDict
+    >>> class Point(BaseModel):
+    ...     model_config = ConfigDict(extra="forbid")
+    ...     x: int
+    >>> try:
+    ...     Point.model_validate({"x": "a", "z": 1})
+    ... except Exception as e:
+    ...     print(format_validation_error(e))
+    ...     print(format_validation_error(e, extra_forbidden="unknown field"))
+    x: Input should be a valid integer, unable to parse string as an integer; z: Extra inputs are not permitted
+    x: Input should be a valid integer, unable to parse string as an integer; z: unknown field
+    """  # noqa: E501
+    parts: dict[str, str] = {}
+    for err in error.errors(include_url=False):
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if collapse and top in collapse and len(err["loc"]) > 1:
+            parts[top] = collapse[top]
+            continue
+        loc = ".".join(str(p) for p in err["loc"]) or root
+        msg = (extra_forbidden if extra_forbidden and err["type"] == "extra_forbidden"
+               else err["msg"].removeprefix("Value error, "))
+        parts.setdefault(loc, msg)
+    return "; ".join(f"{loc}: {msg}" for loc, msg in parts.items())

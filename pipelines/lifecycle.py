@@ -29,7 +29,7 @@ A refused command changes nothing in the stream: the scorers never see it.
 >>> plan(live, Command(op="rollback", pipeline="p", actor="ann"))
 Traceback (most recent call last):
 ...
-pipelines.lifecycle.LifecycleError: rollback: no previous version to roll back to
+pipelines.errors.LifecycleError: rollback: no previous version to roll back to
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 from pipelines.checkpoint import MANIFEST, CheckpointStore, Manifest
 from pipelines.config import PipelineConfig
-from pipelines.errors import RiffleError
+from pipelines.errors import LifecycleError, RiffleError
 from pipelines.protocol import ArmSpec, Command, CommandError, Deployment, parse_command
 
 __all__ = [
@@ -54,10 +54,6 @@ __all__ = [
 
 _EVENT_OF_MODE = {"live": "deployed", "shadow": "shadowed", "canary": "canaried",
                   "ab": "canaried"}
-
-
-class LifecycleError(RiffleError):
-    """A command that cannot be carried out (one line: what and why)."""
 
 
 def deployment_to_json(d: Deployment) -> dict[str, Any]:

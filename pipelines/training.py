@@ -29,16 +29,15 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pyarrow import fs
 
 from pipelines.batch_models import SklearnModel, dumps_model, public_name, sklearn_task
 from pipelines.checkpoint import CheckpointError
-from pipelines.cli_models import default_registry_url
 from pipelines.config import PipelineConfig, TrainingConfig
-from pipelines.errors import ModelError, SourceError
+from pipelines.errors import ModelError, SourceError, first_line
 from pipelines.models import Task
 from pipelines.registry import DataManifest, ModelVersion, Registry, batch_version_id
-from pipelines.registry.provenance import sha256_hex, store_file_uri
+from pipelines.registry.provenance import sha256_hex
+from pipelines.storage import file_uri, is_url, resolve
 
 __all__ = ["Format", "build_estimator", "history_format", "read_history", "train"]
 
@@ -59,7 +58,7 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
     where = str(path)
     # The mistakes found without reading are reported before Ray starts.
     estimator = build_estimator(spec)
-    if "://" not in where and not Path(where).exists():
+    if not is_url(where) and not Path(where).exists():
         raise SourceError(f"{where}: no such file or folder")
     fmt = history_format(where)
     frame = read_history(where, fmt, num_cpus=config.runtime.num_cpus)
@@ -76,10 +75,10 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
         model = SklearnModel(estimator, features, task)
     except (ValueError, TypeError) as e:
         raise ModelError(f"training.estimator: cannot fit {spec.estimator} on {where}: "
-                         f"{_first_line(e)}") from None
+                         f"{first_line(e)}") from None
     # A fit that warned (did not converge, say) is registered with its warnings, and
     # they are still shown.
-    fit_warnings = sorted({f"{w.category.__name__}: {_first_line(w.message)}"
+    fit_warnings = sorted({f"{w.category.__name__}: {first_line(w.message)}"
                            for w in caught})
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -87,9 +86,10 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
 
     version_id = batch_version_id(config.name)
     blob = dumps_model(model)
-    uri = _write_artifact(config.checkpoint_store, f"models/{version_id.split('/', 1)[1]}.pkl",
+    uri = _write_artifact(config.checkpoint_store_url(),
+                          f"models/{version_id.split('/', 1)[1]}.pkl",
                           blob)
-    with Registry(registry_url or default_registry_url(config)) as reg:
+    with Registry(registry_url or config.registry_url()) as reg:
         return reg.register(
             pipeline=config.name, kind="sklearn", version_id=version_id,
             model_class=model.model_class, params=model.params, artifact_uri=uri,
@@ -114,7 +114,7 @@ def history_format(path: str) -> Format:
     ...
     pipelines.errors.SourceError: loans.txt: cannot tell its format: name a .jsonl, ... file, or ...
     """
-    local = "://" not in path
+    local = not is_url(path)
     if local and Path(path).is_dir():
         found = {_SUFFIXES[p.suffix.lower()] for p in Path(path).iterdir()
                  if p.is_file() and not p.name.startswith((".", "_"))
@@ -143,7 +143,7 @@ def read_history(path: str, fmt: Format, *, num_cpus: int | None = None) -> pd.D
         # Order kept: the holdout is the last rows of the history, as the stream saw them.
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
         # A file is read whatever its suffix (.ndjson is not one Ray Data looks for).
-        one_file = "://" not in path and Path(path).is_file()
+        one_file = not is_url(path) and Path(path).is_file()
         kwargs: dict[str, Any] = {"file_extensions": None} if one_file else {}
         reader = {"json": ray.data.read_json, "csv": ray.data.read_csv,
                   "parquet": ray.data.read_parquet}[fmt]
@@ -153,7 +153,7 @@ def read_history(path: str, fmt: Format, *, num_cpus: int | None = None) -> pd.D
             raise SourceError(f"{path}: no such file or folder") from None
         except Exception as e:  # pyarrow's parse errors, Ray's task errors: one line
             raise SourceError(f"{path}: cannot read it as {fmt.upper()}: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
@@ -187,7 +187,7 @@ def _ray(num_cpus: int | None) -> Iterator[None]:
 
 
 def _source_name(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_url(path) else str(Path(path).resolve())
 
 
 def _features(frame: pd.DataFrame, spec: TrainingConfig, where: str) -> list[str]:
@@ -258,7 +258,7 @@ def build_estimator(spec: TrainingConfig) -> Any:
     try:
         estimator = cls(**spec.params)
     except (TypeError, ValueError) as e:
-        raise ModelError(f"training.params: cannot build {name}: {_first_line(e)}") from None
+        raise ModelError(f"training.params: cannot build {name}: {first_line(e)}") from None
     if is_classifier(estimator):
         if not hasattr(estimator, "predict_proba"):
             raise ModelError(f"training.estimator: {name} has no predict_proba with these "
@@ -298,12 +298,9 @@ def holdout_metrics(model: SklearnModel, X: np.ndarray, y: np.ndarray, *,
 
 def _write_artifact(store_url: str, relpath: str, blob: bytes) -> str:
     """Write ``blob`` at ``relpath`` in the checkpoint store; returns its URI."""
-    uri = store_file_uri(store_url, relpath)
+    uri = file_uri(store_url, relpath)
     try:
-        try:
-            filesystem, path = fs.FileSystem.from_uri(uri)
-        except (ValueError, TypeError):  # a plain local path, as CheckpointStore takes
-            filesystem, path = fs.LocalFileSystem(), uri
+        filesystem, path = resolve(uri)
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         # Under a temporary name, then moved: the artifact is never seen half-written.
         tmp = f"{path}.tmp"
@@ -312,13 +309,8 @@ def _write_artifact(store_url: str, relpath: str, blob: bytes) -> str:
         filesystem.move(tmp, path)
     except OSError as e:
         raise CheckpointError(f"checkpoint store {store_url}: cannot write {relpath}: "
-                          f"{_first_line(e)}") from None
+                          f"{first_line(e)}") from None
     return uri
-
-
-def _first_line(e: object) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _sklearn_version() -> str:

@@ -135,7 +135,7 @@ class MemorySampler:
 
 
 def pipeline(config: PipelineConfig) -> dict[str, Any]:
-    from pipelines.runner import run_pipeline
+    from actors.driver import run_pipeline
 
     progress: list[tuple[float, int]] = []  # (seconds since the sampler started, events read)
     with MemorySampler() as mem:
@@ -176,7 +176,7 @@ def checkpoint_cost(source: dict[str, Any], tmpdir: Path, repeats: int) -> dict[
     pauses: list[float] = []
     durations: list[float] = []
     sizes: list[int] = []
-    from pipelines.runner import run_pipeline
+    from actors.driver import run_pipeline
 
     for i in range(repeats):
         for mode in ("none", "5s"):
@@ -205,7 +205,7 @@ def recovery_time(source: dict[str, Any], tmpdir: Path, victim: str) -> dict[str
 
     import ray
 
-    from pipelines.runner import run_pipeline
+    from actors.driver import run_pipeline
 
     out = tmpdir / f"recovery-{victim}"
     config = make_config(source, 1, 2, out, checkpoint={"interval_s": 2.0},

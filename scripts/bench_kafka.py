@@ -93,7 +93,7 @@ def plain_loop(config: PipelineConfig, n_events: int) -> dict[str, Any]:
 
 
 def pipeline(config: PipelineConfig, on_started: Any = None) -> dict[str, Any]:
-    from pipelines.runner import run_pipeline
+    from actors.driver import run_pipeline
 
     s = run_pipeline(config, on_started=on_started)
     return {"events": s["events"], "events_per_s": s["events_per_s"]}

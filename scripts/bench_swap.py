@@ -25,11 +25,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from actors.driver import run_pipeline  # noqa: E402
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.control import FileControl  # noqa: E402
 from pipelines.protocol import Command  # noqa: E402
 from pipelines.registry import Registry  # noqa: E402
-from pipelines.runner import run_pipeline  # noqa: E402
 from pipelines.sources.sample import write_sample  # noqa: E402
 
 

@@ -12,33 +12,21 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from pipelines.cli.output import Fail, one_line, print_table
 from pipelines.config import PipelineConfig, load_config
-from pipelines.errors import RiffleError
-from pipelines.registry import MISSING, ModelVersion, Registry
+from pipelines.errors import RiffleError, format_validation_error
 
-__all__ = ["default_registry_url", "models"]
+if TYPE_CHECKING:
+    from pipelines.registry import ModelVersion, Registry
+
+__all__ = ["models"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Fail(click.ClickException):
-    """A mistake of the operator: one line on stderr, exit code 2 (as in pipelines.cli)."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"riffle: error: {self.format_message()}", err=True)
-
-
-def default_registry_url(config: PipelineConfig) -> str:
-    """The config's ``registry.url``, else the SQLite file in its output folder."""
-    return config.registry.url or f"sqlite:///{(config.out_dir / 'registry.db').resolve()}"
 
 
 def _registry_options(fn: F) -> F:
@@ -48,11 +36,11 @@ def _registry_options(fn: F) -> F:
 
 
 def _open(config: Path, registry_url: str | None) -> tuple[PipelineConfig, Registry]:
-    try:  # the config only says where the registry is: its source need not be reachable
+    from pipelines.registry import Registry
+
+    with one_line():  # the config only says where the registry is: its source need not be up
         cfg = load_config(config)
-        return cfg, Registry(registry_url or default_registry_url(cfg), create=False)
-    except RiffleError as e:
-        raise _Fail(str(e)) from None
+        return cfg, Registry(registry_url or cfg.registry_url(), create=False)
 
 
 def _ref(cfg: PipelineConfig, ref: str) -> str:
@@ -64,6 +52,8 @@ def _when(at: dt.datetime) -> str:
 
 
 def _short(value: Any) -> str:
+    from pipelines.registry import MISSING
+
     if value is MISSING:
         return "-"
     if isinstance(value, float):
@@ -90,10 +80,8 @@ def list_versions(config: Path, registry_url: str | None) -> None:
     """The versions of CONFIG's pipeline, oldest first."""
     cfg, registry = _open(config, registry_url)
     with registry:
-        try:
+        with one_line():
             versions = registry.versions(cfg.name)
-        except RiffleError as e:
-            raise _Fail(str(e)) from None
     table = Table(title=f"riffle models: {cfg.name} ({len(versions)} versions)")
     for name in ("version", "kind", "model", "status", "parent", "created (UTC)", "by",
                  "metrics"):
@@ -102,7 +90,7 @@ def list_versions(config: Path, registry_url: str | None) -> None:
         metrics = " ".join(f"{k}={_short(m)}" for k, m in sorted(v.metrics.items())[:3])
         table.add_row(v.id, v.kind, v.model_class.rsplit(".", 1)[-1], v.status,
                       v.parent_id or "-", _when(v.created_at), v.created_by, metrics)
-    Console().print(table)
+    print_table(table)
 
 
 @models.command()
@@ -112,11 +100,9 @@ def show(config: Path, registry_url: str | None, version: str) -> None:
     """One VERSION: what it is, what it learned from, and its lifecycle."""
     cfg, registry = _open(config, registry_url)
     with registry:
-        try:
+        with one_line():
             v = registry.get(_ref(cfg, version))
             events = registry.events(v.id)
-        except RiffleError as e:
-            raise _Fail(str(e)) from None
     table = Table(title=f"model version {v.id}", show_header=False)
     rows = [("kind", v.kind), ("model", v.model_class), ("status", v.status),
             ("parent", v.parent_id or "-"), ("code", _code(v)),
@@ -134,9 +120,7 @@ def show(config: Path, registry_url: str | None, version: str) -> None:
     for event in events:
         log.add_row(_when(event.at), event.kind, event.actor,
                     _short(event.details) if event.details else "")
-    console = Console()
-    console.print(table)
-    console.print(log)
+    print_table(table, log)
 
 
 @models.command()
@@ -147,11 +131,9 @@ def diff(config: Path, registry_url: str | None, a: str, b: str) -> None:
     """What changed from version A to version B: identity, code, params, metrics, data."""
     cfg, registry = _open(config, registry_url)
     with registry:
-        try:
+        with one_line():
             id_a, id_b = _ref(cfg, a), _ref(cfg, b)
             changes = registry.diff(id_a, id_b)
-        except RiffleError as e:
-            raise _Fail(str(e)) from None
     if not changes:
         click.echo(f"{id_a} and {id_b}: no differences")
         return
@@ -160,7 +142,7 @@ def diff(config: Path, registry_url: str | None, a: str, b: str) -> None:
         table.add_column(name, overflow="fold")
     for c in changes:
         table.add_row(c.section, c.key, _short(c.old), _short(c.new))
-    Console().print(table)
+    print_table(table)
 
 
 # -- commands to a running pipeline (the control stream) -----------------------------
@@ -183,6 +165,8 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
     the control stream, and (``wait``) report what the pipeline did with it."""
     import time
 
+    from pydantic import ValidationError
+
     from pipelines.control import open_control
     from pipelines.protocol import Command
     from pipelines.registry import default_actor
@@ -197,8 +181,8 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
                                  for v, w in fields["weights"].items()}
         try:
             cmd = Command(pipeline=cfg.name, actor=default_actor(), **fields)
-        except ValueError as e:
-            raise _Fail(str(e).splitlines()[-1].strip()) from None
+        except ValidationError as e:
+            raise Fail(format_validation_error(e, root="<command>")) from None
         for version in [cmd.version, *(cmd.weights or {})]:
             if version is None or version == "live":
                 continue
@@ -208,12 +192,12 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
                 registry.log_command(status="rejected", raw=cmd.to_json(), channel="cli",
                                      pipeline=cfg.name, command_id=cmd.id, op=cmd.op,
                                      version_id=version, actor=cmd.actor, error=str(e))
-                raise _Fail(str(e)) from None
+                raise Fail(str(e)) from None
         channel = open_control(cfg, out_dir=out)
         try:
             channel.send(cmd.to_json())
         except (OSError, RiffleError) as e:
-            raise _Fail(f"cannot send the command: {e}") from None
+            raise Fail(f"cannot send the command: {e}") from None
         finally:
             channel.close()
         click.echo(f"sent {cmd.op} ({cmd.id})" + (f" {cmd.version}" if cmd.version else ""))
@@ -225,14 +209,14 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
             if done:
                 record = done[-1]
                 if record.status == "rejected":
-                    raise _Fail(f"refused by the pipeline: {record.error}")
+                    raise Fail(f"refused by the pipeline: {record.error}")
                 pause = record.details.get("pause_ms_max")
                 click.echo(f"applied at {_when(record.received_at)} UTC"
                            + (f" (longest scoring pause {pause:.2f} ms)" if pause is not None
                               else ""))
                 return
             time.sleep(0.2)
-    raise _Fail(f"no answer from pipeline {cfg.name} within {timeout_s:.0f} s: is it running? "
+    raise Fail(f"no answer from pipeline {cfg.name} within {timeout_s:.0f} s: is it running? "
                 "(the command waits in the control stream for a --resume)")
 
 
@@ -254,7 +238,7 @@ def deploy(config: Path, registry_url: str | None, out: Path | None, wait: bool,
         try:
             parsed[name] = float(w)
         except ValueError:
-            raise _Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+            raise Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
     if mode == "ab":
         parsed.setdefault(version, parsed.pop(version, 1.0))
     _send(config, registry_url, out, wait, timeout_s, op="deploy", version=version, mode=mode,
@@ -304,6 +288,6 @@ def set_traffic(config: Path, registry_url: str | None, out: Path | None, wait: 
         try:
             parsed[name] = float(w)
         except ValueError:
-            raise _Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+            raise Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
     _send(config, registry_url, out, wait, timeout_s, op="set_traffic", share=share,
           weights=parsed or None, reason=reason)

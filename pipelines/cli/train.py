@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli_models import _Fail
+from pipelines.cli.output import one_line
 from pipelines.config import load_config
-from pipelines.errors import RiffleError
 
 __all__ = ["train"]
 
@@ -30,14 +29,12 @@ __all__ = ["train"]
                    "sqlite:///<out_dir>/registry.db).")
 def train(config: Path, history: str, registry_url: str | None) -> None:
     """Train CONFIG's scikit-learn model on history and register it as a version."""
-    try:
+    with one_line():
         cfg = load_config(config)
         # Ray, pandas and scikit-learn are imported only by the command that needs them.
         from pipelines.training import train as train_model
 
         version = train_model(cfg, history, registry_url=registry_url)
-    except RiffleError as e:
-        raise _Fail(str(e)) from None
     metrics = "  ".join(f"{name} {value:.4f}" for name, value in sorted(version.metrics.items()))
     n_rows = sum(end - start for start, end in version.data.sources.values())
     click.echo(f"registered {version.id} ({version.model_class}; trained on "

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from river.datasets import synth
 
-from pipelines.runner import run_pipeline
+from actors.driver import run_pipeline
 from tests.helpers import read_jsonl
 
 FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]

@@ -15,7 +15,7 @@ import pytest
 from river import compose, evaluate, linear_model, metrics, preprocessing, tree
 from river.datasets import synth
 
-from pipelines.runner import run_pipeline
+from actors.driver import run_pipeline
 from tests.helpers import json_keys, read_jsonl
 
 N = 2500

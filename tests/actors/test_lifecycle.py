@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from actors.driver import run_pipeline
 from pipelines.config import PipelineConfig
 from pipelines.control import FileControl
 from pipelines.protocol import Command
 from pipelines.registry import Registry
-from pipelines.runner import run_pipeline
 from tests.helpers import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ import ray
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from actors.driver import run_pipeline
 from actors.ingest import COMMIT_INTERVAL_S
 from pipelines.config import PipelineConfig
-from pipelines.runner import run_pipeline
 from tests.helpers import assert_same_set
 from tests.kafka_broker import broker_start, broker_stop
 from tests.kafka_helpers import produce_loans, read_topic, wait_for

@@ -33,13 +33,13 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
+from actors.driver import run_pipeline
 from pipelines.checkpoint import CheckpointStore
 from pipelines.config import PipelineConfig, SyntheticSourceConfig
 from pipelines.errors import RunFailed
 from pipelines.kafka import ensure_topics
 from pipelines.produce import produce
 from pipelines.protocol import SourceMessage
-from pipelines.runner import run_pipeline
 from pipelines.sources import open_reader
 from tests.faults.test_kafka_recovery import river_models
 from tests.faults.test_supervision import Run, final_models, supervision_log

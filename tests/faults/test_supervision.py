@@ -31,9 +31,9 @@ import pytest
 import ray
 import yaml
 
+from actors.driver import run_pipeline
 from pipelines.checkpoint import CheckpointStore, loads_state
 from pipelines.config import PipelineConfig
-from pipelines.runner import run_pipeline
 from pipelines.scoring import live_model_of
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipelines.runner import run_pipeline
+from actors.driver import run_pipeline
 from tests.helpers import assert_same_items, json_keys
 from tests.kafka_helpers import read_topic
 

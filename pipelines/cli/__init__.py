@@ -1,0 +1,54 @@
+"""The ``riffle`` command: one module per command group, and the only code that prints.
+
+- :mod:`~pipelines.cli.run`: ``validate``, ``run``; :mod:`~pipelines.cli.status`:
+  ``status``; :mod:`~pipelines.cli.data`: ``sample``, ``produce``, ``tail``;
+  :mod:`~pipelines.cli.models`: ``models ...``; :mod:`~pipelines.cli.train`: ``train``;
+- :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
+  run exit code 1.
+
+Mistakes of the operator (a bad config, a missing file, an unknown model) print one
+line on stderr and exit with code 2; bad records never stop a run (dead letters).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipelines.cli.data import produce, sample, tail
+from pipelines.cli.models import models
+from pipelines.cli.output import EXIT_INTERRUPTED, EXIT_USAGE
+from pipelines.cli.run import run, validate
+from pipelines.cli.status import status
+from pipelines.cli.train import train
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="riffle-ml")
+def cli() -> None:
+    """riffle: online machine learning in fast data pipelines."""
+
+
+for command in (validate, run, sample, produce, tail, status, models, train):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """The console entry point: click's own exits mapped to riffle's exit codes."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("riffle: aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        if isinstance(e, click.UsageError):
+            click.echo(f"riffle: error: {e.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("riffle: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

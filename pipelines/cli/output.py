@@ -1,0 +1,57 @@
+"""How the ``riffle`` command speaks: one line on stderr per mistake, tables on stdout.
+
+A mistake of the operator (a bad config, a missing file, an unknown version) is
+:class:`Fail`: ``riffle: error: <one line>``, exit code 2. A run that failed after it
+started (an escalated crash loop) is :class:`Failed`, exit code 1. Every command turns
+riffle's own errors into these through :func:`one_line`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from pipelines.errors import RiffleError, RunFailed
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "Fail", "Failed", "one_line", "print_table"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Fail(click.ClickException):
+    """A mistake of the operator: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"riffle: error: {self.format_message()}", err=True)
+
+
+class Failed(Fail):
+    """A run that failed after it started: one line, exit code 1."""
+
+    exit_code = 1
+
+
+@contextmanager
+def one_line() -> Iterator[None]:
+    """riffle's errors inside become :class:`Fail` (:class:`Failed` for a failed run)."""
+    try:
+        yield
+    except RunFailed as e:
+        raise Failed(str(e)) from None
+    except RiffleError as e:
+        raise Fail(str(e)) from None
+
+
+def print_table(*tables: Any) -> None:
+    """Rich tables on stdout (imported here: ``riffle --help`` does not pay for rich)."""
+    from rich.console import Console
+
+    console = Console()
+    for table in tables:
+        console.print(table)

@@ -1,0 +1,66 @@
+"""``riffle status``: progress, checkpoints and supervision log of a pipeline's outputs
+(running or done), read from its files: no Ray, no source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipelines.cli.output import one_line, print_table
+from pipelines.config import load_config
+
+__all__ = ["status"]
+
+
+@click.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default out/NAME).")
+@click.option("--log", "n_log", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Supervision log entries to show.")
+def status(config: Path, out: Path | None, n_log: int) -> None:
+    """Progress, checkpoints and supervision log of CONFIG's pipeline (running or done)."""
+    import datetime
+
+    import orjson
+    from rich.table import Table
+
+    from pipelines.status import read_status
+
+    with one_line():  # the config only says where the outputs are: its source need not be up
+        cfg = load_config(config)
+        folder = cfg.out_dir if out is None else out
+        st = read_status(folder)
+    sup = st.get("supervision", {})
+    table = Table(title=f"riffle status: {cfg.name} "
+                        f"({'finished' if st['finished'] else 'running'})", show_header=False)
+    if "events" in st:
+        for key in ("events", "scored", "learned", "dead_letters", "events_per_s"):
+            table.add_row(key, f"{st[key]:,}")
+    elif st.get("restarting"):
+        table.add_row("state", "restarting an actor")
+    for name, value in st.get("metrics", {}).items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("restarts", str(sup.get("restarts", 0)))
+    table.add_row("last checkpoint", str(sup.get("last_checkpoint")))
+    dep = st.get("deployment")
+    if dep:
+        table.add_row("deployment", f"{dep['mode']} (previous: {dep.get('previous') or '-'}; "
+                                    f"commands {dep['commands_applied']} applied, "
+                                    f"{dep['commands_rejected']} refused)")
+        for name, arm in dep["arms"].items():
+            quality = " ".join(f"{k}={v:.4f}" for k, v in arm["metrics"].items())
+            latency = arm.get("latency_us_mean")
+            table.add_row(f"arm {name}", f"{arm['version']} {arm['role']} "
+                          f"w={arm['weight']:.2f} scored={arm['scored']:,} {quality}"
+                          + (f" {latency:.0f} us" if latency is not None else ""))
+    print_table(table)
+    log_path = folder / "supervision.jsonl"
+    if n_log and log_path.exists():
+        lines = log_path.read_bytes().splitlines()[-n_log:]
+        for line in lines:
+            entry = orjson.loads(line)
+            at = datetime.datetime.fromtimestamp(entry["at"]).strftime("%H:%M:%S")
+            extra = f" [{entry['checkpoint']}]" if entry.get("checkpoint") else ""
+            click.echo(f"{at} {entry['kind']:<20} {entry['actor']:<10} "
+                       f"{entry['reason']}{extra}")
