@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
-from river import metrics
-
+from pipelines.metrics import Progressive
 from pipelines.models import Task
 from pipelines.protocol import ArmSpec
 
-__all__ = ["Arm", "Router", "gain_of", "key_point", "new_metrics"]
+__all__ = ["Arm", "Router", "gain_of", "key_point"]
 
 _SALT = b"riffle-arms"
 
@@ -55,13 +54,6 @@ class Router:
         return self._index[bisect_right(self._bounds, key_point(key))]
 
 
-def new_metrics(task: Task) -> dict[str, Any]:
-    if task == "regression":
-        return {"mae": metrics.MAE(), "rmse": metrics.RMSE()}
-    loss = metrics.CrossEntropy() if task == "multiclass" else metrics.LogLoss()
-    return {"accuracy": metrics.Accuracy(), "log_loss": loss}
-
-
 def gain_of(task: Task, label: Any, y_pred: Any, prediction: Any) -> float:
     """What the promotion test compares: correctness, or minus the absolute error."""
     if task == "regression":
@@ -82,7 +74,7 @@ class Arm:
         """A frozen model scores a batch's events in one call (the scores of one by one, to
         BLAS rounding; scikit-learn's per-call overhead is ~0.5 ms, per row in a batch
         ~10 us)."""
-        self.metrics = new_metrics(task)
+        self.metrics = Progressive(task)
         self.counts = {"scored": 0, "labeled": 0, "errors": 0}
         self.latency = [0, 0.0, 0.0]
         """Model calls: count, total and longest seconds."""
@@ -143,14 +135,7 @@ class Arm:
         if y_pred is None or y_pred == {}:
             return None
         self.counts["labeled"] += 1
-        m = self.metrics
-        if self.task == "regression":
-            m["mae"].update(label, y_pred)
-            m["rmse"].update(label, y_pred)
-        else:
-            m["accuracy"].update(label, prediction)
-            m["log_loss"].update(label, y_pred)
-        g = gain_of(self.task, label, y_pred, prediction)
+        g = self.metrics.update(label, y_pred, prediction)
         _add(self.gain, g)
         return g
 
@@ -161,7 +146,7 @@ class Arm:
         n, total, longest = self.latency
         return {"name": self.name, "version": self.version, "role": self.role,
                 "weight": self.weight, "learns": self.learns, **self.counts,
-                "metrics": {k: m.get() for k, m in self.metrics.items()},
+                "metrics": self.metrics.get(),
                 "gain": list(self.gain), "paired": list(self.paired),
                 "latency_us": {"mean": 1e6 * total / n if n else None, "max": 1e6 * longest}}
 

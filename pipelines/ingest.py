@@ -25,9 +25,11 @@ import orjson
 from pipelines.config import FileSourceConfig, PipelineConfig
 from pipelines.models import Task
 from pipelines.protocol import DeadLetter, Event, Feedback, SourceMessage
-from pipelines.validation import InvalidRecord, RecentIds, RecordValidator
+from pipelines.validation import RecentIds, RecordValidator
 
 __all__ = ["IngestCore", "PositionTracker", "scorer_of"]
+
+_NONE: dict[int, str] = {}
 
 
 def scorer_of(key: str, n_scorers: int) -> int:
@@ -58,41 +60,60 @@ class IngestCore:
     def route(
         self, messages: list[SourceMessage]
     ) -> tuple[list[list[Event | Feedback]], list[DeadLetter]]:
-        """Per scorer, the valid items in arrival order; and the dead letters."""
-        routed: list[list[Event | Feedback]] = [[] for _ in range(self.n_scorers)]
+        """Per scorer, the valid items in arrival order; and the dead letters.
+
+        The batch is validated in one call per kind; records are then routed in order.
+        """
+        n = self.n_scorers
+        routed: list[list[Event | Feedback]] = [[] for _ in range(n)]
         dead: list[DeadLetter] = []
-        validator, counts, n = self.validator, self.counts, self.n_scorers
+        counts = self.counts
+        events = [m.payload for m in messages if m.kind == "event" and m.payload is not None]
+        feedback = [m.payload for m in messages if m.kind != "event" and m.payload is not None]
+        bad_events = self.validator.invalid_events(events) if events else _NONE  # type: ignore[arg-type]
+        bad_feedback = (self.validator.invalid_feedback(feedback)  # type: ignore[arg-type]
+                        if feedback else _NONE)
+        n_feedback = sum(m.kind != "event" for m in messages)
+        counts["events"] += len(messages) - n_feedback
+        counts["feedback"] += n_feedback
+        seen, crc32 = self.seen, zlib.crc32
+        i_event = i_feedback = 0
         read_at = time.time()
         for m in messages:
-            is_event = m.kind == "event"
-            counts["events" if is_event else "feedback"] += 1
             payload = m.payload
             if payload is None:
                 dead.append(self._dead(m, m.error or "empty message", None, "DecodeError"))
                 continue
-            try:
-                if is_event:
-                    record_id, key, event_time, features = validator.event(payload)
-                else:
-                    record_id, key, event_time, label = validator.feedback(payload)
-            except InvalidRecord as e:
-                rid = payload.get("record_id")
-                dead.append(self._dead(m, str(e), rid if isinstance(rid, str) else None,
-                                       "InvalidRecord"))
-                continue
-            if is_event:
-                if not self.seen.add(record_id):
-                    counts["duplicates"] += 1
-                    dead.append(self._dead(m, "duplicate record_id (seen within the last "
-                                              f"{self.seen.max_size} records)", record_id,
-                                           "DuplicateRecord"))
+            if m.kind == "event":
+                error = bad_events.get(i_event) if bad_events else None
+                i_event += 1
+                if error is None:
+                    record_id = payload["record_id"]
+                    if not seen.add(record_id):
+                        counts["duplicates"] += 1
+                        dead.append(self._dead(m, "duplicate record_id (seen within the last "
+                                                  f"{seen.max_size} records)", record_id,
+                                               "DuplicateRecord"))
+                        continue
+                    key = payload["key"]
+                    item: Event | Feedback = Event(
+                        record_id, key, payload.get("event_time") or read_at,
+                        payload["features"], m.partition, m.offset, read_at, m.topic)
+                    routed[crc32(key.encode()) % n if n > 1 else 0].append(item)
                     continue
-                item: Event | Feedback = Event(record_id, key, event_time or read_at, features,
-                                               m.partition, m.offset, read_at)
             else:
-                item = Feedback(record_id, key, label, event_time or read_at, m.partition,
-                                m.offset, read_at)
-            routed[zlib.crc32(key.encode("utf-8")) % n if n > 1 else 0].append(item)
+                error = bad_feedback.get(i_feedback) if bad_feedback else None
+                i_feedback += 1
+                if error is None:
+                    key = payload["key"]
+                    item = Feedback(payload["record_id"], key, payload["label"],
+                                    payload.get("event_time") or read_at, m.partition,
+                                    m.offset, read_at, m.topic)
+                    routed[crc32(key.encode()) % n if n > 1 else 0].append(item)
+                    continue
+            rid = payload.get("record_id")
+            dead.append(self._dead(m, error, rid if isinstance(rid, str) else None,
+                                   "InvalidRecord"))
         counts["dead_letters"] += len(dead)
         return routed, dead
 

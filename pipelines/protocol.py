@@ -70,6 +70,8 @@ class Event(NamedTuple):
     offset: int
     read_at: float
     """When the ingest actor read it (epoch seconds); latency is measured from here."""
+    topic: str = ""
+    """The stream it came from (a Kafka topic, or the embedded source's name)."""
 
 
 class Feedback(NamedTuple):
@@ -82,6 +84,8 @@ class Feedback(NamedTuple):
     partition: int
     offset: int
     read_at: float
+    topic: str = ""
+    """The stream it came from (a Kafka topic, or the embedded source's name)."""
 
 
 class DeadLetter(NamedTuple):

@@ -16,15 +16,16 @@ labels the scorer is River's own predict-then-learn loop (progressive validation
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, NamedTuple
 
 import orjson
 
-from pipelines.arms import Arm, Router, new_metrics
+from pipelines.arms import Arm, Router
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
+from pipelines.metrics import Progressive
+from pipelines.metrics import merge_metrics as _merge
 from pipelines.models import Task, build_model, task_of
 from pipelines.protocol import ArmSpec, Batch, DeadLetter, Deployment, Event, Feedback, SinkBatch
 
@@ -67,9 +68,9 @@ class ScorerCore:
             max_pending=config.max_pending_labels, ttl_s=config.label_ttl_s, clock=clock)
         self._window = metrics_window or config.metrics_window
         self._windows: list[list[float]] = []  # [labeled count, correct count or abs error sum]
-        self._metrics = new_metrics(self.task)
+        self._window_now: list[float] = [self._window, 0.0]  # full: the first label opens one
+        self._metrics = Progressive(self.task)
         """Of the served predictions (whichever arm served each)."""
-        self._n_metric = 0
         self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0}
         self._configure()
 
@@ -92,6 +93,69 @@ class ScorerCore:
     # -- the data path -----------------------------------------------------------------
     def process(self, batch: Batch) -> SinkBatch:
         """Score the events and learn from the feedback of ``batch``, in order."""
+        self.labels.expire()  # what timed out before this batch arrived cannot be learned
+        if self._router is None and not self._shadows and not self._batched:
+            return self._process_live(batch)
+        return self._process_arms(batch)
+
+    def _process_live(self, batch: Batch) -> SinkBatch:
+        """The hot path: one live model serves every event (no other arm to consult)."""
+        lines: list[bytes] = []
+        keys: list[str] = []
+        read_at: list[float] = []
+        dead: list[DeadLetter] = []
+        live = self.arms[0]
+        model, version, arm_name = live.model, live.version, live.name
+        classifier = self.task != "regression"
+        predict = model.predict_proba_one if classifier else model.predict_one
+        hold, match, learn = self.labels.add, self.labels.match, self._learn
+        name, checkpoint, dumps, clock = self.name, self.checkpoint, orjson.dumps, time.time
+        timer = time.perf_counter
+        n_scored = n_feedback = 0
+        spent_total = spent_max = 0.0
+        for item in batch.items:
+            if type(item) is Event:
+                started = timer()
+                try:
+                    score = predict(item.features)
+                except Exception as e:  # a record the model cannot take is data, not a crash
+                    self._model_error(item, live, e, dead)
+                    continue
+                spent = timer() - started
+                spent_total += spent
+                if spent > spent_max:
+                    spent_max = spent
+                prediction = (max(score, key=score.get) if score else None) if classifier else score
+                n_scored += 1
+                lines.append(dumps({
+                    "record_id": item.record_id, "key": item.key, "score": score,
+                    "prediction": prediction, "model_version": version, "arm": arm_name,
+                    "checkpoint": checkpoint, "scorer": name, "event_time": item.event_time,
+                    "scored_at": clock(), "partition": item.partition, "offset": item.offset,
+                }, option=_JSON))
+                keys.append(item.key)
+                read_at.append(item.read_at)
+                scored = _Scored(item.features, score, prediction, live)
+                early = hold(item.record_id, scored)
+                if early is not None:  # its label came first
+                    learn(item, scored, early[0], dead)
+            else:
+                n_feedback += 1
+                held = match(item.record_id, item.label)
+                if held is not None:
+                    learn(item, held, item.label, dead)
+        self.counts["scored"] += n_scored
+        self.counts["feedback"] += n_feedback
+        live.counts["scored"] += n_scored
+        lat = live.latency
+        lat[0] += n_scored
+        lat[1] += spent_total
+        if spent_max > lat[2]:
+            lat[2] = spent_max
+        return SinkBatch(lines, keys, [version] * len(lines), read_at, dead, [])
+
+    def _process_arms(self, batch: Batch) -> SinkBatch:
+        """Several arms: each event to the arm its key is dealt to, shadows beside it."""
         lines: list[bytes] = []
         keys: list[str] = []
         versions: list[str] = []
@@ -103,7 +167,6 @@ class ScorerCore:
         labels, counts = self.labels, self.counts
         name, checkpoint = self.name, self.checkpoint
         live = arms[0]
-        labels.expire()  # what timed out before this batch arrived cannot be learned from it
         pre = self._prescore(batch, classifier) if self._batched else None
         for i, item in enumerate(batch.items):
             if type(item) is Event:
@@ -114,9 +177,7 @@ class ScorerCore:
                     else:
                         score, prediction = arm.score(item.features, classifier)
                 except Exception as e:  # a record the model cannot take is data, not a crash
-                    counts["model_errors"] += 1
-                    arm.counts["errors"] += 1
-                    dead.append(_dead_event(item, f"model error: {type(e).__name__}: {e}", name))
+                    self._model_error(item, arm, e, dead)
                     continue
                 counts["scored"] += 1
                 lines.append(orjson.dumps({
@@ -134,14 +195,21 @@ class ScorerCore:
                 scored = _Scored(item.features, score, prediction, arm, dark)
                 early = labels.add(item.record_id, scored)
                 if early is not None:  # its label came first
-                    self._learn(item, (scored, early[0]), dead)
+                    self._learn(item, scored, early[0], dead)
             else:
                 assert type(item) is Feedback
                 counts["feedback"] += 1
                 held = labels.match(item.record_id, item.label)
                 if held is not None:
-                    self._learn(item, (held, item.label), dead)
+                    self._learn(item, held, item.label, dead)
         return SinkBatch(lines, keys, versions, read_at, dead, shadow_lines)
+
+    def _model_error(self, item: Event, arm: Arm, error: Exception,
+                     dead: list[DeadLetter]) -> None:
+        self.counts["model_errors"] += 1
+        arm.counts["errors"] += 1
+        dead.append(_dead_event(item, f"model error: {type(error).__name__}: {error}",
+                                self.name))
 
     def _prescore(self, batch: Batch, classifier: bool
                   ) -> dict[tuple[int, Arm], tuple[Any, Any]]:
@@ -188,20 +256,26 @@ class ScorerCore:
                 "partition": item.partition, "offset": item.offset}, option=_JSON))
         return tuple(dark)
 
-    def _learn(self, item: Event | Feedback, held_label: tuple[_Scored, Any],
+    def _learn(self, item: Event | Feedback, held: _Scored, label: Any,
                dead: list[DeadLetter]) -> None:
-        held, label = held_label
         y_pred, prediction = held.y_pred, held.prediction
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
-            self._update_metrics(label, y_pred, prediction)
+            hit = self._metrics.update(label, y_pred, prediction)
+            win = self._window_now
+            if win[0] == self._window:
+                win = self._window_now = [0, 0.0]
+                self._windows.append(win)
+            win[0] += 1
+            win[1] += -hit if self.task == "regression" else hit
         # Per-arm quality only matters beside another arm (one arm's is the pipeline's).
-        gain = held.arm.observe(label, y_pred, prediction) if self._compare else None
-        if held.shadows:
-            for arm, s_pred, s_prediction in held.shadows:
-                s_gain = arm.observe(label, s_pred, s_prediction)
-                if gain is not None and s_gain is not None:
-                    arm.compare(s_gain, gain)
+        if self._compare:
+            gain = held.arm.observe(label, y_pred, prediction)
+            if held.shadows:
+                for arm, s_pred, s_prediction in held.shadows:
+                    s_gain = arm.observe(label, s_pred, s_prediction)
+                    if gain is not None and s_gain is not None:
+                        arm.compare(s_gain, gain)
         features = held.features
         for arm in self._learners:  # candidates and the warm previous version learn too
             try:
@@ -217,27 +291,9 @@ class ScorerCore:
                 orjson.dumps({"record_id": item.record_id, "key": item.key, "label": label},
                              default=repr, option=_JSON),
                 f"model error while learning: {type(e).__name__}: {e}", "ModelError",
-                self.name, item.partition, item.offset))
+                item.topic or self.name, item.partition, item.offset))
             return
         self.counts["learned"] += 1
-
-    def _update_metrics(self, label: Any, y_pred: Any, prediction: Any) -> None:
-        m = self._metrics
-        if self.task == "regression":
-            m["mae"].update(label, y_pred)
-            m["rmse"].update(label, y_pred)
-            hit = abs(label - y_pred)
-        else:
-            m["accuracy"].update(label, prediction)
-            m["log_loss"].update(label, y_pred)
-            hit = float(label == prediction)
-        self._n_metric += 1
-        idx = (self._n_metric - 1) // self._window
-        if idx == len(self._windows):
-            self._windows.append([0, 0.0])
-        w = self._windows[idx]
-        w[0] += 1
-        w[1] += hit
 
     # -- the control path --------------------------------------------------------------
     def apply(self, deployment: Deployment, models: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +335,7 @@ class ScorerCore:
         return task
 
     # -- checkpoints -------------------------------------------------------------------
-    _STATE = ("arms", "previous", "deployment", "labels", "_windows", "_metrics",
-              "_n_metric", "counts")
+    _STATE = ("arms", "previous", "deployment", "labels", "_windows", "_metrics", "counts")
 
     def snapshot(self) -> dict[str, Any]:
         """Everything learned so far: the arms' models, the pending labels, metrics, counts."""
@@ -290,6 +345,7 @@ class ScorerCore:
         """Continue from a :meth:`snapshot` (of a scorer of the same name and config)."""
         for name in self._STATE:
             setattr(self, name, state[name])
+        self._window_now = self._windows[-1] if self._windows else [self._window, 0.0]
         self._configure()
 
     def _arm_stats(self) -> list[dict[str, Any]]:
@@ -303,8 +359,8 @@ class ScorerCore:
         return {
             **self.counts, **self.labels.counts,
             "labels_pending": self.labels.n_pending, "labels_held_early": self.labels.n_early,
-            "task": self.task, "n_metric": self._n_metric,
-            "metrics": {k: m.get() for k, m in self._metrics.items()},
+            "task": self.task, "n_metric": self._metrics.n,
+            "metrics": self._metrics.get(), "progressive": self._metrics.state(),
             "windows": [list(w) for w in self._windows],
             "deployment": self.deployment.mode,
             "arms": self._arm_stats(),
@@ -315,8 +371,8 @@ class ScorerCore:
 def _single_arm_stats(arm: Arm, core: ScorerCore) -> dict[str, Any]:
     """A lone live arm's figures are the pipeline's own (it is not observed twice)."""
     out = arm.stats()
-    out["labeled"] = core._n_metric
-    out["metrics"] = {k: m.get() for k, m in core._metrics.items()}
+    out["labeled"] = core._metrics.n
+    out["metrics"] = core._metrics.get()
     return out
 
 
@@ -329,28 +385,18 @@ def task_of_model(model: Any) -> Task:
 def _dead_event(event: Event, error: str, scorer: str) -> DeadLetter:
     raw = orjson.dumps({"record_id": event.record_id, "key": event.key,
                         "features": event.features}, default=repr, option=_JSON)
-    return DeadLetter(event.record_id, "event", raw, error, "ModelError", scorer,
+    return DeadLetter(event.record_id, "event", raw, error, "ModelError", event.topic or scorer,
                       event.partition, event.offset, event.key.encode())
 
 
 def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, float]:
-    """Pipeline-wide progressive metrics from each scorer's; exact for one scorer.
+    """Pipeline-wide progressive metrics from each scorer's :meth:`ScorerCore.stats`; exact.
 
-    >>> merge_metrics([{"n_metric": 1, "metrics": {"accuracy": 1.0}},
-    ...                {"n_metric": 3, "metrics": {"accuracy": 0.0}}])
-    {'accuracy': 0.25}
+    >>> a = ScorerCore(ScoringConfig(), name="a"); a._metrics.update(True, {True: 0.9}, True)
+    1.0
+    >>> b = ScorerCore(ScoringConfig(), name="b"); b._metrics.update(True, {True: 0.2}, False)
+    0.0
+    >>> merge_metrics([a.stats(), b.stats()])["accuracy"]
+    0.5
     """
-    parts = [p for p in parts if p["n_metric"]]
-    if not parts:
-        return {}
-    if len(parts) == 1:
-        return dict(parts[0]["metrics"])
-    total = sum(p["n_metric"] for p in parts)
-    out = {}
-    for name in parts[0]["metrics"]:
-        if name == "rmse":  # a root of a mean: average the squares
-            out[name] = math.sqrt(sum(p["metrics"][name] ** 2 * p["n_metric"]
-                                      for p in parts) / total)
-        else:
-            out[name] = sum(p["metrics"][name] * p["n_metric"] for p in parts) / total
-    return out
+    return _merge([p["progressive"] for p in parts if "progressive" in p])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import numpy as np
 from ddsketch import DDSketch
 
 from pipelines.config import KafkaConfig
@@ -39,6 +40,9 @@ def dead_letter_json(d: DeadLetter) -> bytes:
         "partition": d.partition, "position": d.offset})
 
 
+_GROUPS_PER_E = 1000.0  # groups of values within 0.1% of each other
+
+
 class LatencySketch:
     """End-to-end latency quantiles in constant memory (1% relative accuracy).
 
@@ -52,9 +56,27 @@ class LatencySketch:
         self._sketch = DDSketch(relative_accuracy=0.01)
 
     def add_many(self, values_ms: list[float]) -> None:
+        """Add a batch's latencies. Values within 0.1% of each other are added once, with
+        their count as weight (DDSketch's own pure-Python ``add`` costs ~3 us a value; a
+        batch's latencies fall into a few dozen such groups)."""
+        if not values_ms:
+            return
+        if len(values_ms) < 16:
+            for v in values_ms:
+                self._sketch.add(max(v, 0.0))
+            return
+        values = np.asarray(values_ms, dtype=np.float64)
+        positive = values[values > 0.0]
+        n_zero = len(values) - len(positive)
+        if n_zero:
+            self._sketch.add(0.0, float(n_zero))
+        if not len(positive):
+            return
+        groups, first, counts = np.unique(np.floor(np.log(positive) * _GROUPS_PER_E),
+                                          return_index=True, return_counts=True)
         add = self._sketch.add
-        for v in values_ms:
-            add(max(v, 0.0))
+        for value, count in zip(positive[first].tolist(), counts.tolist(), strict=True):
+            add(value, float(count))
 
     def quantile(self, q: float) -> float | None:
         return self._sketch.get_quantile_value(q) if self._sketch.count else None

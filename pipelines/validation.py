@@ -44,8 +44,12 @@ class InvalidRecord(ValueError):
 
 
 def _format(error: ValidationError) -> str:
+    return _format_errors(error.errors(include_url=False))
+
+
+def _format_errors(errors: list[Any]) -> str:
     parts: dict[str, str] = {}
-    for err in error.errors(include_url=False):
+    for err in errors:
         if err["loc"][:1] == ("label",) and len(err["loc"]) > 1:
             # One line for the label union, not one per alternative.
             parts["label"] = "Input should be a boolean, an integer, a string or a finite number"
@@ -98,6 +102,9 @@ class RecordValidator:
         # The core validators: TypeAdapter.validate_python adds a Python layer per call.
         self._event = TypeAdapter(event_schema).validator
         self._feedback = TypeAdapter(feedback_schema).validator
+        # A micro-batch is validated in one call; its errors name the items that failed.
+        self._events = TypeAdapter(list[event_schema]).validator  # type: ignore[valid-type]
+        self._feedbacks = TypeAdapter(list[feedback_schema]).validator  # type: ignore[valid-type]
 
     def event(self, payload: dict[str, Any]) -> tuple[str, str, float | None, dict[str, Any]]:
         """``(record_id, key, event_time, features)``, or raises :class:`InvalidRecord`."""
@@ -106,6 +113,32 @@ class RecordValidator:
         except ValidationError as e:
             raise InvalidRecord(_format(e)) from None
         features = payload["features"]
+        if self._required is not None or self._categorical:
+            self._extra_checks(features)
+        # The original objects are kept (validation coerces nothing in strict mode), so a
+        # model sees exactly what the source produced.
+        return payload["record_id"], payload["key"], payload.get("event_time"), features
+
+    def invalid_events(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
+        """Of a batch of event payloads, the index and reason of each invalid one.
+
+        >>> v = RecordValidator(task="binary", required_features=["age"])
+        >>> v.invalid_events([{"record_id": "a", "key": "k", "features": {"age": 1}},
+        ...                   {"record_id": "b", "key": "k", "features": {"age": "x"}},
+        ...                   {"record_id": "c", "key": "k", "features": {}}])
+        {1: 'features.age: Input should be a valid number', 2: "features: missing 'age'"}
+        """
+        bad = _invalid_items(self._events, payloads)
+        if self._required is not None or self._categorical:
+            for i, payload in enumerate(payloads):
+                if i not in bad:
+                    try:
+                        self._extra_checks(payload["features"])
+                    except InvalidRecord as e:
+                        bad[i] = str(e)
+        return bad
+
+    def _extra_checks(self, features: dict[str, Any]) -> None:
         if self._required is not None:
             absent = [f for f in self._required if f not in features]
             if absent:
@@ -114,9 +147,10 @@ class RecordValidator:
             for name, v in features.items():
                 if isinstance(v, str) and name not in self._categorical:
                     raise InvalidRecord(f"features.{name}: Input should be a finite number")
-        # The original objects are kept (validation coerces nothing in strict mode), so a
-        # model sees exactly what the source produced.
-        return payload["record_id"], payload["key"], payload.get("event_time"), features
+
+    def invalid_feedback(self, payloads: list[dict[str, Any]]) -> dict[int, str]:
+        """Of a batch of feedback payloads, the index and reason of each invalid one."""
+        return _invalid_items(self._feedbacks, payloads)
 
     def feedback(self, payload: dict[str, Any]) -> tuple[str, str, float | None, Any]:
         """``(record_id, key, event_time, label)``, or raises :class:`InvalidRecord`."""
@@ -125,6 +159,17 @@ class RecordValidator:
         except ValidationError as e:
             raise InvalidRecord(_format(e)) from None
         return payload["record_id"], payload["key"], payload.get("event_time"), payload["label"]
+
+
+def _invalid_items(validator: Any, payloads: list[dict[str, Any]]) -> dict[int, str]:
+    try:
+        validator.validate_python(payloads)
+    except ValidationError as e:
+        by_item: dict[int, list[Any]] = {}
+        for err in e.errors(include_url=False):
+            by_item.setdefault(err["loc"][0], []).append({**err, "loc": err["loc"][1:]})
+        return {i: _format_errors(errs) for i, errs in by_item.items()}
+    return {}
 
 
 class RecentIds:

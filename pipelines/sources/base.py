@@ -121,12 +121,29 @@ class PartitionLog:
     def append_event(self, payload: dict[str, Any] | None, *, feedback: dict[str, Any] | None,
                      now: float, raw: bytes | None = None, error: str | None = None) -> None:
         """Append an event (or an undecodable input) and the feedback it will produce."""
-        self._append("event", payload, raw, error, now)
-        self.events_seen += 1
+        # The hot path of every embedded source: _append and release() inlined.
+        offset = self.next_offset
+        self.next_offset = offset + 1
+        out = self._out
+        if offset >= self.start:
+            out.append(SourceMessage(self.topic, self.partition, offset, "event", payload, raw,
+                                     error, now))
+        self.events_seen = seen = self.events_seen + 1
+        pending = self.pending
         if feedback is not None:
-            due = self.events_seen + self.delay_events if not self.delay_s else now + self.delay_s
-            self.pending.append((due, feedback))
-        self.release(now)
+            pending.append((seen + self.delay_events if not self.delay_s else now + self.delay_s,
+                            feedback))
+        if self.delay_s:
+            self.release(now)
+            return
+        while pending and pending[0][0] <= seen:
+            offset = self.next_offset
+            self.next_offset = offset + 1
+            if offset >= self.start:
+                out.append(SourceMessage(self.topic, self.partition, offset, "feedback",
+                                         pending.popleft()[1], None, None, now))
+            else:
+                pending.popleft()
 
     def release(self, now: float) -> None:
         """Append the feedback whose delay has passed."""
@@ -142,8 +159,11 @@ class PartitionLog:
 
     def take(self, max_n: int) -> list[SourceMessage]:
         out = self._out
-        n = min(max_n, len(out))
-        return [out.popleft() for _ in range(n)]
+        if max_n >= len(out):
+            taken = list(out)
+            out.clear()
+            return taken
+        return [out.popleft() for _ in range(max_n)]
 
     @property
     def buffered(self) -> int:

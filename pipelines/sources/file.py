@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from pipelines.config import FileSourceConfig
 from pipelines.errors import SourceError
 from pipelines.protocol import SourceMessage
@@ -23,6 +25,8 @@ from pipelines.sources.base import (
 )
 
 __all__ = ["FileReader", "split_row"]
+
+_ABSENT: Any = object()
 
 
 def split_row(
@@ -80,7 +84,14 @@ def _csv_value(text: str) -> Any:
 
 
 class FileReader:
-    """Reads the owned partitions of a JSONL or CSV file, in line order."""
+    """Reads the owned partitions of a JSONL or CSV file, in line order.
+
+    The file is read in blocks and split into lines at once (a line-by-line read with
+    ``tell()`` cost more than scoring the line); in follow mode a partial last line
+    waits in memory for its end.
+    """
+
+    _BLOCK = 1 << 20
 
     def __init__(self, cfg: FileSourceConfig, partitions: list[int],
                  positions: dict[str, int] | None = None) -> None:
@@ -99,6 +110,9 @@ class FileReader:
         self._line_no = 0
         self._header: list[str] | None = None
         self._eof = False
+        self._lines: list[bytes] = []
+        self._next = 0
+        self._partial = b""
         self._limiter = RateLimiter(
             cfg.rate_per_s * len(partitions) / cfg.partitions if cfg.rate_per_s else None)
         if not cfg.follow:
@@ -118,21 +132,34 @@ class FileReader:
             return {h: _csv_value(v) for h, v in zip(self._header, fields, strict=True)}, None
         return decode_json_object(line)
 
-    def _read_line(self) -> bytes | None:
-        pos = self._file.tell()
-        line = self._file.readline()
-        if not line or (self._cfg.follow and not line.endswith(b"\n")):
-            self._file.seek(pos)  # in follow mode a partial line waits for its end
-            return None
-        return line
+    def _take_lines(self, max_n: int) -> list[bytes]:
+        """Up to ``max_n`` complete lines (without their end of line); [] when none is."""
+        if self._next >= len(self._lines):
+            block = self._file.read(self._BLOCK)
+            if not block:
+                if self._partial and not self._cfg.follow:  # a last line with no newline
+                    self._lines, self._next, self._partial = [self._partial], 0, b""
+                else:
+                    return []
+            else:
+                lines = (self._partial + block).split(b"\n")
+                self._partial = lines.pop()
+                self._lines, self._next = lines, 0
+        start = self._next
+        self._next = end = min(start + max_n, len(self._lines))
+        return self._lines[start:end]
 
     def read(self, max_n: int) -> list[SourceMessage]:
         now = time.time()
         budget = self._limiter.allowance(max_n)
         while budget > 0 and not self._eof:
-            if not self._consume_line(now):
+            lines = self._take_lines(budget)
+            if not lines:
+                if not self._cfg.follow:
+                    self._finish()
                 break
-            budget -= 1
+            self._consume(lines, now)
+            budget -= len(lines)
         out: list[SourceMessage] = []
         for log in self._logs.values():
             if log.delay_s:
@@ -140,43 +167,101 @@ class FileReader:
             out.extend(log.take(log.buffered))
         return out
 
-    def _consume_line(self, now: float) -> bool:
-        """Read one line into its partition's log; False at the end of the file."""
-        line = self._read_line()
-        if line is None:
-            if not self._cfg.follow:
-                self._eof = True
-                for log in self._logs.values():
-                    log.finish()
-            return False
+    def _finish(self) -> None:
+        self._eof = True
+        for log in self._logs.values():
+            log.finish()
+
+    def _consume(self, lines: list[bytes], now: float) -> None:
+        """Append each line, as an event and its later feedback, to its partition's log."""
+        cfg = self._cfg
+        if self._csv or cfg.features is not None:
+            for line in lines:
+                self._consume_slow(line, now)
+            return
+        logs, n_parts, line_no = self._logs, cfg.partitions, self._line_no
+        one = next(iter(logs.values())) if n_parts == 1 and len(logs) == 1 else None
+        id_col, key_col, time_col, label_col = (cfg.id_column, cfg.key_column, cfg.time_column,
+                                                cfg.label_column)
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            line_no += 1
+            try:
+                row = loads(line)
+            except decode_error:
+                row = None
+            if type(row) is not dict:
+                self._line_no = line_no - 1
+                self._consume_slow(line, now)
+                continue
+            key = row.get(key_col)
+            if one is not None:
+                log = one
+            else:
+                part = (partition_of(key if type(key) is str else str(key), n_parts)
+                        if isinstance(key, str | int) else (line_no - 1) % n_parts)
+                log = logs.get(part)  # type: ignore[assignment]
+                if log is None:
+                    continue
+            # The row itself becomes the features (the reserved columns popped off it).
+            event: dict[str, Any] = {}
+            record_id = row.pop(id_col, _ABSENT)
+            if record_id is not _ABSENT:
+                event["record_id"] = record_id
+            key = row.pop(key_col, _ABSENT)
+            if key is not _ABSENT:
+                event["key"] = key
+            event_time = row.pop(time_col, _ABSENT) if time_col is not None else _ABSENT
+            if event_time is not _ABSENT:
+                event["event_time"] = event_time
+            feedback = None
+            if label_col is not None:
+                label = row.pop(label_col, None)
+                # Only a row that names its record can produce feedback.
+                if label is not None and isinstance(record_id, str | int):
+                    feedback = {"record_id": record_id, "label": label}
+                    if key is not _ABSENT:
+                        feedback["key"] = key
+                    if event_time is not _ABSENT:
+                        feedback["event_time"] = event_time
+            event["features"] = row
+            log.append_event(event, feedback=feedback, now=now, raw=line)
+        self._line_no = line_no
+
+    def _consume_slow(self, line: bytes, now: float) -> None:
+        """One line of a CSV file, of a file with a feature list, or that is not a JSON
+        object (it becomes a dead letter at its position)."""
         if self._csv and self._header is None:
             self._header = next(csv.reader([line.decode("utf-8", "replace")]))
-            return True
+            return
         line_no = self._line_no
         self._line_no += 1
-        row, error = self._parse(line.rstrip(b"\r\n"))
+        row, error = self._parse(line)
         key = row.get(self._cfg.key_column) if row is not None else None
         n_parts = self._cfg.partitions
         part = (partition_of(str(key), n_parts) if isinstance(key, str | int)
                 else line_no % n_parts)
         target = self._logs.get(part)
         if target is None:
-            return True
-        raw = line.rstrip(b"\r\n")
+            return
         if row is None:
-            target.append_event(None, feedback=None, now=now, raw=raw, error=error)
+            target.append_event(None, feedback=None, now=now, raw=line, error=error)
         else:
             event, feedback = split_row(row, self._cfg)
-            target.append_event(event, feedback=feedback, now=now, raw=raw)
-        return True
+            target.append_event(event, feedback=feedback, now=now, raw=line)
 
     def _catch_up(self) -> None:
         """Resuming: go through what comes before the resume positions at full speed (the
         logs drop it), so that the rate limit and the first read apply to new messages."""
         now = time.time()
-        while (not self._eof and any(log.next_offset < log.start for log in self._logs.values())
-               and self._consume_line(now)):
-            pass
+        while not self._eof and any(log.next_offset < log.start for log in self._logs.values()):
+            lines = self._take_lines(1000)
+            if not lines:
+                self._finish()
+                break
+            self._consume(lines, now)
 
     @property
     def exhausted(self) -> bool:
