@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.config import KafkaConfig
-from pipelines.errors import SourceError
+from pipelines.errors import SourceError, named_line
 from pipelines.kafka import _retrying, admin_client, client_options
 
 __all__ = ["KafkaControl"]
@@ -66,7 +66,7 @@ class KafkaControl:
             future.get(timeout=0)  # done after the flush: raises the send's own failure
         except KafkaError as e:
             raise SourceError(f"control channel {self.name} at {self._servers}: cannot send "
-                              f"a command: {_why(e)}") from None
+                              f"a command: {named_line(e)}") from None
 
     def read(self) -> list[tuple[int, bytes]]:
         """The messages fetched since :attr:`position`, each with its offset; advances it."""
@@ -77,7 +77,7 @@ class KafkaControl:
             fetched = consumer.poll(timeout_ms=self._poll_ms)
         except KafkaError as e:
             raise SourceError(f"control channel {self.name}@{self.position}: cannot read: "
-                              f"{_why(e)}") from None
+                              f"{named_line(e)}") from None
         records = fetched.get(self._tp, [])
         if records:
             self.position = records[-1].offset + 1
@@ -158,7 +158,7 @@ class KafkaControl:
             return make()
         except (KafkaError, OSError) as e:
             raise SourceError(f"control channel {self.name} at {self._servers}: cannot "
-                              f"connect: {_why(e)}") from None
+                              f"connect: {named_line(e)}") from None
 
     def _ensure_topic(self) -> None:
         """Create the topic with one partition if it is missing, and wait for its leader."""
@@ -182,14 +182,8 @@ class KafkaControl:
             admin.wait_for_topics([self.topic], timeout_ms=self._timeout_ms)
         except KafkaError as e:
             raise SourceError(f"control channel {self.name}: cannot create or find topic "
-                              f"{self.topic}: {_why(e)}") from None
+                              f"{self.topic}: {named_line(e)}") from None
         finally:
             admin.close()
         self._topic_ready = True
 
-
-def _why(e: BaseException) -> str:
-    """The error's class and first line (kafka-python's messages often start with the class)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    name = type(e).__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
