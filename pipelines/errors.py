@@ -11,7 +11,8 @@ them (``pipelines.checkpoint.CheckpointError`` is this module's).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -29,6 +30,7 @@ __all__ = [
     "RunFailed",
     "SourceError",
     "first_line",
+    "format_errors",
     "format_validation_error",
     "last_line",
     "named_line",
@@ -144,8 +146,17 @@ def format_validation_error(error: ValidationError, *, root: str = "<root>",
     x: Input should be a valid integer, unable to parse string as an integer; z: Extra inputs are not permitted
     x: Input should be a valid integer, unable to parse string as an integer; z: unknown field
     """  # noqa: E501
+    return format_errors(error.errors(include_url=False), root=root,
+                         extra_forbidden=extra_forbidden, collapse=collapse)
+
+
+def format_errors(errors: Iterable[Any], *, root: str = "<root>",
+                  extra_forbidden: str | None = None,
+                  collapse: dict[str, str] | None = None) -> str:
+    """:func:`format_validation_error` of pydantic's error dicts (``error.errors()``, or
+    a batch's errors regrouped by item)."""
     parts: dict[str, str] = {}
-    for err in error.errors(include_url=False):
+    for err in errors:
         top = str(err["loc"][0]) if err["loc"] else ""
         if collapse and top in collapse and len(err["loc"]) > 1:
             parts[top] = collapse[top]

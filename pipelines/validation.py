@@ -33,6 +33,8 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from pipelines.errors import format_errors
+
 __all__ = ["InvalidRecord", "RecentIds", "RecordValidator"]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=512), Field(strict=True)]
@@ -47,16 +49,13 @@ def _format(error: ValidationError) -> str:
     return _format_errors(error.errors(include_url=False))
 
 
+# One line for the label union, not one per alternative.
+_LABEL = {"label": "Input should be a boolean, an integer, a string or a finite number"}
+
+
 def _format_errors(errors: list[Any]) -> str:
-    parts: dict[str, str] = {}
-    for err in errors:
-        if err["loc"][:1] == ("label",) and len(err["loc"]) > 1:
-            # One line for the label union, not one per alternative.
-            parts["label"] = "Input should be a boolean, an integer, a string or a finite number"
-            continue
-        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
-        parts.setdefault(loc, "unknown field" if err["type"] == "extra_forbidden" else err["msg"])
-    return "; ".join(f"{loc}: {msg}" for loc, msg in parts.items())
+    return format_errors(errors, root="<record>", extra_forbidden="unknown field",
+                         collapse=_LABEL)
 
 
 class RecordValidator:
