@@ -20,6 +20,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# CommandError is re-exported: it was defined here first.
+from pipelines.errors import CommandError, format_validation_error
+
 __all__ = [
     "Ack",
     "ArmSpec",
@@ -198,10 +201,6 @@ Op = Literal["deploy", "promote", "rollback", "retire", "set_traffic"]
 Mode = Literal["live", "shadow", "canary", "ab"]
 
 
-class CommandError(ValueError):
-    """A control message that is not a valid command (malformed JSON, a bad field)."""
-
-
 class Command(BaseModel):
     """A model lifecycle command, as it travels on the control stream (one JSON object).
 
@@ -221,7 +220,7 @@ class Command(BaseModel):
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pipelines.protocol.CommandError: op: Input should be 'deploy', 'promote', ...
+    pipelines.errors.CommandError: op: Input should be 'deploy', 'promote', ...
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -270,6 +269,4 @@ def parse_command(raw: bytes | str) -> Command:
     try:
         return Command.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<command>"
-        raise CommandError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise CommandError(format_validation_error(e, root="<command>")) from None
