@@ -66,7 +66,8 @@ class CheckpointError(PipelineError):
 
 
 class RegistryError(RiffleError):
-    """The model registry refused or failed (unknown version, broken database, bad URL)."""
+    """The model registry cannot be opened, or refused a request (unknown version,
+    invalid lifecycle transition, an artifact that does not match its hash)."""
 
 
 class LifecycleError(RiffleError):

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from pipelines.errors import RiffleError
+# RegistryError is re-exported (pipelines.registry.RegistryError): it was defined here first.
+from pipelines.errors import RegistryError, first_line
 
 __all__ = ["MIGRATIONS", "VERSION_TABLE", "RegistryError", "alembic_config", "head_revision",
            "make_engine", "upgrade"]
@@ -30,11 +31,6 @@ VERSION_TABLE = "riffle_registry_version"
 
 # Any constant shared by every riffle: taken with pg_advisory_xact_lock while migrating.
 _PG_MIGRATION_LOCK = 0x726966666C65
-
-
-class RegistryError(RiffleError):
-    """The model registry cannot be opened, or refused a request (unknown version,
-    invalid lifecycle transition, an artifact that does not match its hash)."""
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -117,7 +113,7 @@ def upgrade(engine: Engine) -> str:
                 command.upgrade(cfg, "head")
     except SQLAlchemyError as e:
         raise RegistryError(f"registry {_safe(str(engine.url))}: cannot open or upgrade: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
     assert head is not None
     return head
 
@@ -129,6 +125,3 @@ def _safe(url: str) -> str:
     except ArgumentError:
         return url
 
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -26,10 +26,11 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pyarrow import fs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.registry.migrate import RegistryError
+from pipelines.errors import RegistryError
+from pipelines.storage import file_uri as store_file_uri  # re-exported under its old name
+from pipelines.storage import resolve
 
 if TYPE_CHECKING:
     from pipelines.config import ModelSpec
@@ -110,23 +111,10 @@ def sha256_hex(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def store_file_uri(store_url: str, relpath: str) -> str:
-    """The URI of ``relpath`` inside a checkpoint store (a local folder becomes absolute)."""
-    try:
-        fs.FileSystem.from_uri(store_url)
-        base = store_url
-    except (ValueError, TypeError):  # a plain local path, as CheckpointStore accepts
-        base = str(Path(store_url).resolve())
-    return f"{base.rstrip('/')}/{relpath.lstrip('/')}"
-
-
 def read_uri(uri: str) -> bytes:
     """The bytes of a file named by a local path or a pyarrow filesystem URL."""
     try:
-        try:
-            filesystem, path = fs.FileSystem.from_uri(uri)
-        except (ValueError, TypeError):
-            filesystem, path = fs.LocalFileSystem(), uri
+        filesystem, path = resolve(uri)
         with filesystem.open_input_stream(path) as f:
             return bytes(f.read())
     except (OSError, ValueError) as e:

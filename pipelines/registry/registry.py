@@ -20,7 +20,7 @@ Every message of a pipeline's control stream is logged as well, applied or rejec
 >>> reg.record("local/sk-1", "promoted", actor="ci")
 Traceback (most recent call last):
 ...
-pipelines.registry.migrate.RegistryError: local/sk-1 is retired: it cannot be promoted
+pipelines.errors.RegistryError: local/sk-1 is retired: it cannot be promoted
 >>> [e.kind for e in reg.events("local/sk-1")]
 ['created', 'retired', 'rejected']
 >>> reg.log_command(status="rejected", raw=b"{oops", channel="file:/tmp/c.jsonl@0",
@@ -46,7 +46,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipelines.checkpoint import MANIFEST, CheckpointStore, Manifest
-from pipelines.registry.migrate import RegistryError, make_engine, upgrade
+from pipelines.errors import RegistryError, first_line, format_validation_error
+from pipelines.registry.migrate import make_engine, upgrade
 from pipelines.registry.provenance import (
     CodeVersion,
     DataManifest,
@@ -187,11 +188,10 @@ class Registry:
                 yield session
         except IntegrityError as e:
             if conflict is None:
-                raise RegistryError(f"registry: {str(e).splitlines()[0]}") from None
+                raise RegistryError(f"registry: {first_line(e)}") from None
             raise RegistryError(conflict) from None
         except SQLAlchemyError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RegistryError(f"registry: {first}") from None
+            raise RegistryError(f"registry: {first_line(e)}") from None
 
     # -- writing ---------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class Registry:
                 data or {})
         except ValidationError as e:
             raise RegistryError(f"{version_id}: bad data manifest: "
-                                f"{e.errors()[0]['msg']}") from None
+                                f"{format_validation_error(e)}") from None
         code_v = code_version() if code == "auto" else code
         who = actor or default_actor()
         now = dt.datetime.now(dt.UTC)
