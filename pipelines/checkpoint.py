@@ -39,21 +39,14 @@ from pyarrow import fs
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.config import CheckpointConfig
-from pipelines.errors import PipelineError
+from pipelines.errors import CheckpointError, DamagedCheckpoint
+from pipelines.storage import resolve
 
 __all__ = ["CheckpointError", "CheckpointSchedule", "CheckpointStore", "Damage",
            "DamagedCheckpoint", "Manifest", "Part", "ResumePoint", "checkpoint_id",
            "dumps_state", "loads_state", "resume_point"]
 
 MANIFEST = "MANIFEST.json"
-
-
-class CheckpointError(PipelineError):
-    """A checkpoint cannot be written, or one read back is damaged."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """``--resume`` found no checkpoint whose every part matches its manifest."""
 
 
 class Part(BaseModel):
@@ -104,9 +97,7 @@ class CheckpointStore:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self._fs, self._root = fs.FileSystem.from_uri(url)
-        except (ValueError, TypeError):  # a plain relative or absolute local path
-            self._fs, self._root = fs.LocalFileSystem(), url
+            self._fs, self._root = resolve(url)
         except Exception as e:
             raise CheckpointError(f"checkpoint store {url}: {e}") from None
         self._root = self._root.rstrip("/")
@@ -262,7 +253,7 @@ does not match its SHA-256 in the manifest')
     >>> resume_point(store)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pipelines.checkpoint.DamagedCheckpoint: --resume: no intact checkpoint in ... \
+    pipelines.errors.DamagedCheckpoint: --resume: no intact checkpoint in ... \
 part ingest-0 (ckpt-000002/ingest-0.pkl) does not match its SHA-256 in the manifest \
 (and 1 older checkpoint damaged too)
     """

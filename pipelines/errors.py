@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CommandError",
     "ConfigError",
+    "DamagedCheckpoint",
     "LifecycleError",
     "ModelError",
     "PipelineError",
@@ -62,7 +63,11 @@ class RunFailed(PipelineError):
 
 
 class CheckpointError(PipelineError):
-    """A checkpoint cannot be written, found or trusted (a part's hash does not match)."""
+    """A checkpoint cannot be written, or one read back is damaged."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """``--resume`` found no checkpoint whose every part matches its manifest."""
 
 
 class RegistryError(RiffleError):
