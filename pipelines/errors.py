@@ -30,6 +30,7 @@ __all__ = [
     "RiffleError",
     "RunFailed",
     "SourceError",
+    "cause_line",
     "first_line",
     "format_errors",
     "format_validation_error",
@@ -129,6 +130,19 @@ def named_line(error: BaseException) -> str:
     text = str(cause).strip()
     line = text.splitlines()[0] if text else ""
     return line if line.startswith(name) else f"{name}: {line}" if line else name
+
+
+def cause_line(error: BaseException) -> str:
+    """``Class: last line`` of the exception a Ray task error wraps (or of ``error``): the
+    one line the Supervisor logs for a failed actor call.
+
+    >>> class TaskError(Exception):
+    ...     cause = ValueError("scorer-0 at loans[0]@12:\\nexpected a finite number")
+    >>> cause_line(TaskError("ray::ScorerActor.process() ..."))
+    'ValueError: expected a finite number'
+    """
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {last_line(cause)}"
 
 
 def format_validation_error(error: ValidationError, *, root: str = "<root>",
