@@ -40,9 +40,9 @@ def load_pipeline(path: Path, events: int | None = None, endless: bool = False,
     if out is not None:
         overrides["output.out_dir"] = str(out)
     with one_line():
-        from pipelines.sources import check_source
-
         config = load_config(path, **overrides)
+        from pipelines.sources import check_source  # after: a missing config answers fast
+
         try:
             check_source(config)
         except SourceError as e:
