@@ -220,6 +220,18 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
                 "(the command waits in the control stream for a --resume)")
 
 
+def _weights(items: tuple[str, ...]) -> dict[str, float]:
+    """``--weight VERSION=W`` options as a mapping (a malformed one: one line, exit 2)."""
+    parsed: dict[str, float] = {}
+    for item in items:
+        name, _, w = item.rpartition("=")
+        try:
+            parsed[name] = float(w)
+        except ValueError:
+            raise Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+    return parsed
+
+
 @models.command()
 @_send_options
 @click.argument("version")
@@ -232,13 +244,7 @@ def deploy(config: Path, registry_url: str | None, out: Path | None, wait: bool,
            timeout_s: float, reason: str | None, version: str, mode: str, share: float | None,
            weights: tuple[str, ...]) -> None:
     """Deploy VERSION to CONFIG's running pipeline (hot, no downtime)."""
-    parsed: dict[str, float] = {}
-    for item in weights:
-        name, _, w = item.rpartition("=")
-        try:
-            parsed[name] = float(w)
-        except ValueError:
-            raise Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+    parsed = _weights(weights)
     if mode == "ab":
         parsed.setdefault(version, parsed.pop(version, 1.0))
     _send(config, registry_url, out, wait, timeout_s, op="deploy", version=version, mode=mode,
@@ -282,12 +288,6 @@ def set_traffic(config: Path, registry_url: str | None, out: Path | None, wait: 
                 timeout_s: float, reason: str | None, share: float | None,
                 weights: tuple[str, ...]) -> None:
     """Change the canary's share or the A/B weights."""
-    parsed = {}
-    for item in weights:
-        name, _, w = item.rpartition("=")
-        try:
-            parsed[name] = float(w)
-        except ValueError:
-            raise Fail(f"--weight {item!r}: expected VERSION=WEIGHT") from None
+    parsed = _weights(weights)
     _send(config, registry_url, out, wait, timeout_s, op="set_traffic", share=share,
           weights=parsed or None, reason=reason)
