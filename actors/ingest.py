@@ -33,7 +33,7 @@ from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
 from pipelines.ingest import IngestCore, PositionTracker
 from pipelines.models import Task
-from pipelines.protocol import Batch, Event, Feedback, SinkBatch, encode_batch
+from pipelines.protocol import Barrier, Batch, Event, Feedback, IngestPart, SinkBatch, encode_batch
 from pipelines.sources import open_pipeline_reader
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _without_task_events(method: Any) -> Any:
 class IngestActor:
     def __init__(self, config: PipelineConfig, *, name: str, partitions: list[int], task: Task,
                  scorers: list[ActorHandle], sink: ActorHandle, generation: int = 0,
-                 store_url: str | None = None, restore: dict[str, Any] | None = None) -> None:
+                 store_url: str | None = None, restore: Manifest | None = None) -> None:
         pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         Drills(config.runtime.fault_drills, name).fire("start")
         self.name = name
@@ -75,17 +75,16 @@ class IngestActor:
         self._setup(generation, scorers, sink, restore)
 
     def _setup(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
-               restore: dict[str, Any] | None) -> None:
+               restore: Manifest | None) -> None:
         """All the state of one generation of the pipeline: at start, and on reset."""
         self._generation = generation
         self._core = IngestCore(self._config, task=self._task)
         positions = None
         if restore is not None:
             assert self._store is not None
-            manifest = Manifest.model_validate(restore)
-            positions = manifest.positions
-            if self.name in manifest.parts:
-                self._core.restore(loads_state(self._store.read_part(manifest, self.name)))
+            positions = restore.positions
+            if self.name in restore.parts:
+                self._core.restore(loads_state(self._store.read_part(restore, self.name)))
         self._reader = open_pipeline_reader(self._config, self._partitions, positions,
                                             on_revoke=self._drain, client_id=self.name)
         self._scorers = scorers
@@ -113,9 +112,9 @@ class IngestActor:
         self._first_read_at: float | None = None  # throughput is measured from here...
         self._last_ack_at: float | None = None    # ...to here: not the idle time around
         self._aborted = False
-        self._barrier_request: tuple[str, int, int, bool] | None = None
+        self._barrier_request: Barrier | None = None
         self._barrier_done = threading.Event()
-        self._barrier_result: dict[str, Any] | None = None
+        self._barrier_result: IngestPart | None = None
         self._hold = threading.Event()   # set: hold reading until resume()
         self._checkpoint_pause_s = 0.0
 
@@ -126,7 +125,7 @@ class IngestActor:
         return os.getpid()
 
     def reset(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
-              restore: dict[str, Any] | None) -> str:
+              restore: Manifest | None) -> str:
         """Rewind to a checkpoint (or the start) after another actor failed: a new reader
         from its positions, the dedupe memory of then, nothing in flight. The run of the
         old generation must have ended (see abort)."""
@@ -147,16 +146,16 @@ class IngestActor:
         if not self._running:
             self._close_reader()
 
-    def barrier(self, ckpt: str, seq: int, n_inputs: int, hold: bool) -> dict[str, Any] | None:
-        """Checkpoint ``ckpt``: the run loop sends a barrier to every scorer behind what it
-        routed; returns the positions, this actor's part and the scorers' part refs (None
-        if the actor is done reading: the checkpoint is then abandoned)."""
+    def barrier(self, barrier: Barrier) -> IngestPart | None:
+        """The run loop sends ``barrier`` to every scorer behind what it routed; returns
+        the positions, this actor's part and the scorers' part refs (None if the actor is
+        done reading: the checkpoint is then abandoned)."""
         with self._barrier_lock:
             if not self._running:
                 return None
             self._barrier_done.clear()
             self._barrier_result = None
-            self._barrier_request = (ckpt, seq, n_inputs, hold)
+            self._barrier_request = barrier
         if not self._barrier_done.wait(BARRIER_TIMEOUT_S):
             return None
         return self._barrier_result
@@ -171,12 +170,12 @@ class IngestActor:
         """The checkpoint is committed (or abandoned): read on."""
         self._hold.clear()
 
-    def part(self, ckpt: str) -> dict[str, Any]:
+    def part(self, ckpt: str) -> IngestPart:
         """This actor's part of a checkpoint taken after it finished (nothing in flight)."""
         assert self._store is not None and not self._running
         part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
-        return {"name": self.name, "part": part.model_dump(),
-                "positions": self._reader.positions()}
+        return IngestPart(self.name, part, self._reader.positions(),
+                          self._core.counts["events"])
 
     def stats(self) -> dict[str, Any]:
         return {**self._core.counts, "acked": dict(self._acked), "partitions": self._partitions,
@@ -236,7 +235,7 @@ class IngestActor:
 
     def _inject_barrier(self) -> None:
         assert self._barrier_request is not None and self._store is not None
-        ckpt, seq, n_inputs, hold = self._barrier_request
+        barrier = self._barrier_request
         started = time.monotonic()
         self._flush(force=True)  # everything routed goes out ahead of the barrier...
         # ...and is written: the positions tell a restart that every record before them
@@ -245,16 +244,16 @@ class IngestActor:
         while any(self._lanes):
             self._collect(0.05)
         positions = self._reader.positions()
-        part = self._store.write_part(ckpt, self.name, dumps_state(self._core.snapshot()))
-        refs = [_without_task_events(scorer.barrier).remote(ckpt, seq, n_inputs, self._generation)
-                for scorer in self._scorers]
-        if hold:
+        part = self._store.write_part(barrier.checkpoint, self.name,
+                                      dumps_state(self._core.snapshot()))
+        refs = tuple(_without_task_events(scorer.barrier).remote(barrier, self._generation)
+                     for scorer in self._scorers)
+        if barrier.hold:
             self._hold.set()
         with self._barrier_lock:
-            self._barrier_result = {"name": self.name, "positions": positions,
-                                    "part": part.model_dump(), "scorer_parts": refs,
-                                    "events": self._core.counts["events"],
-                                    "inject_s": time.monotonic() - started}
+            self._barrier_result = IngestPart(
+                self.name, part, positions, self._core.counts["events"],
+                inject_s=time.monotonic() - started, scorer_parts=refs)
             self._barrier_request = None
             self._barrier_done.set()
         self._checkpoint_pause_s += time.monotonic() - started

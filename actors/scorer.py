@@ -20,7 +20,7 @@ from pipelines.allocator import pin_mmap_threshold
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
-from pipelines.protocol import Deployment, SinkBatch, decode_batch
+from pipelines.protocol import Applied, Barrier, Deployment, ScorerPart, SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore, live_model_of
 
 _NOTHING = SinkBatch([], [], [], [], [])
@@ -30,7 +30,7 @@ _NOTHING = SinkBatch([], [], [], [], [])
 class ScorerActor:
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int,
                  generation: int = 0, store_url: str | None = None,
-                 restore: dict[str, Any] | None = None, drills: list[str] | None = None,
+                 restore: Manifest | None = None, drills: list[str] | None = None,
                  deployment: Deployment | None = None,
                  artifacts: dict[str, bytes] | None = None) -> None:
         pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
@@ -42,7 +42,7 @@ class ScorerActor:
         self._store = CheckpointStore(store_url) if store_url else None
         self.reset(generation, restore, deployment, artifacts)
 
-    def reset(self, generation: int, restore: dict[str, Any] | None,
+    def reset(self, generation: int, restore: Manifest | None,
               deployment: Deployment | None = None,
               artifacts: dict[str, bytes] | None = None) -> str:
         """Continue from a checkpoint (or from scratch) as of ``generation``: batches and
@@ -53,22 +53,19 @@ class ScorerActor:
         self._core = ScorerCore(self._config, name=self._name, metrics_window=self._window)
         if restore is not None:
             assert self._store is not None
-            manifest = Manifest.model_validate(restore)
-            self._core.restore(loads_state(self._store.read_part(manifest, self._name)))
-            self._core.checkpoint = manifest.id
+            self._core.restore(loads_state(self._store.read_part(restore, self._name)))
+            self._core.checkpoint = restore.id
         if deployment is not None and deployment != self._core.deployment:
             self._core.apply(deployment, _load_models(artifacts or {}))
         return self._name
 
     def apply(self, deployment: Deployment, artifacts: dict[str, bytes],
-              generation: int = 0) -> dict[str, Any]:
+              generation: int = 0) -> Applied:
         """Serve ``deployment`` from the next batch on (``artifacts``: the versions this
         scorer may not hold yet). Returns the pause it caused and the swap's position."""
         started = time.perf_counter()
         out = self._core.apply(deployment, _load_models(artifacts))
-        out["pause_s"] = time.perf_counter() - started
-        out["generation"] = generation
-        return out
+        return Applied(out["name"], out["scored"], time.perf_counter() - started, generation)
 
     def ready(self) -> str:
         return self._core.name
@@ -82,18 +79,18 @@ class ScorerActor:
             return _NOTHING
         return self._core.process(decode_batch(data))
 
-    def barrier(self, ckpt: str, seq: int, n_inputs: int, generation: int = 0
-                ) -> dict[str, Any] | None:
+    def barrier(self, barrier: Barrier, generation: int = 0) -> ScorerPart | None:
         """One input's barrier; at the last of ``n_inputs``, write this scorer's part."""
         if generation != self._generation:
             return None
+        ckpt = barrier.checkpoint
         self._barriers[ckpt] += 1
-        if self._barriers[ckpt] < n_inputs:
+        if self._barriers[ckpt] < barrier.n_inputs:
             return None
         del self._barriers[ckpt]
-        return self._write_part(ckpt, seq)
+        return self._write_part(ckpt, barrier.seq)
 
-    def _write_part(self, ckpt: str, seq: int) -> dict[str, Any]:
+    def _write_part(self, ckpt: str, seq: int) -> ScorerPart:
         assert self._store is not None, "checkpoint barrier without a checkpoint store"
         started = time.monotonic()
         blob = dumps_state(self._core.snapshot())
@@ -104,9 +101,8 @@ class ScorerActor:
         part = self._store.write_part(ckpt, self._core.name, blob)
         # The time this scorer spent on it instead of scoring: its share of the pause.
         stats = self._core.stats()
-        return {"name": self._core.name, "part": part.model_dump(),
-                "write_s": time.monotonic() - started, "learned": stats["learned"],
-                "n_metric": stats["n_metric"], "metrics": stats["metrics"]}
+        return ScorerPart(self._core.name, part, time.monotonic() - started,
+                          stats["learned"], stats["n_metric"], stats["metrics"])
 
     def committed(self, ckpt: str) -> None:
         """The checkpoint is committed: predictions from now on name it."""

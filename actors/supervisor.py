@@ -1,4 +1,4 @@
-"""Supervisor: builds the topology, watches it, restarts it, and checkpoints it.
+"""Supervisor: builds the topology, watches it, restarts it; a coordinator.
 
 It is the one place that creates actors: a sink, the scorers, then the ingest actors
 that own the source partitions. While the pipeline runs it
@@ -11,8 +11,15 @@ that own the source partitions. While the pipeline runs it
   ingest actor, so the connected region is the whole data path, as in Flink's region
   failover), or, past ``max_restarts`` within ``within_s``, escalates: the run stops
   with an error naming the actor and its last failure;
-- takes aligned checkpoints every ``interval_s`` seconds or ``every_events`` events;
+- starts aligned checkpoints when its :class:`~pipelines.checkpoint.CheckpointSchedule`
+  says (every ``interval_s`` seconds or ``every_events`` events), taken by its
+  :class:`~actors.checkpointer.Checkpointer`;
+- runs the control path (:class:`~actors.control.ControlPath`): commands and
+  checkpoints take turns, and a rebuild waits for both;
 - writes every failure, restart, escalation and checkpoint to ``supervision.jsonl``.
+
+A resumed run starts from the newest checkpoint whose every part matches its hash
+(:func:`~pipelines.checkpoint.resume_point`), checked before any actor starts.
 """
 
 from __future__ import annotations
@@ -24,17 +31,16 @@ from typing import Any
 
 import ray
 
+from actors.checkpointer import Checkpointer
+from actors.control import ControlPath
 from actors.ingest import IngestActor
 from actors.scorer import ScorerActor
 from actors.sink import SinkActor
-from actors.supervisor_control import ControlPath
-from pipelines.checkpoint import CheckpointStore, Manifest, Part, checkpoint_id
+from pipelines.checkpoint import CheckpointSchedule, CheckpointStore, Manifest, resume_point
 from pipelines.config import PipelineConfig
-from pipelines.errors import PipelineError, RunFailed
+from pipelines.errors import ActorFailed, PipelineError, RunFailed, cause_line
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
-from pipelines.lifecycle import deployment_to_json
 from pipelines.models import build_model, task_of
-from pipelines.scoring import merge_metrics
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
 
@@ -50,15 +56,8 @@ def assign_partitions(n_partitions: int, n_ingest: int) -> list[list[int]]:
     return [list(range(i, n_partitions, n_ingest)) for i in range(n_ingest)]
 
 
-class ActorFailed(Exception):
-    def __init__(self, actor: str, error: str) -> None:
-        super().__init__(f"{actor}: {error}")
-        self.actor = actor
-        self.error = error
-
-
 @ray.remote(max_restarts=0, num_cpus=0)
-class Supervisor(ControlPath):
+class Supervisor:
     def __init__(self, config: PipelineConfig, out_dir: str, store_url: str | None = None
                  ) -> None:
         self._config = config
@@ -67,25 +66,20 @@ class Supervisor(ControlPath):
         self._stopped = False
         self._started = 0.0
         self._store_url = store_url or str(self._out_dir / "checkpoints")
-        self._store: CheckpointStore | None = None
         self._log = SupervisionLog(self._out_dir / "supervision.jsonl")
         sup = config.supervision
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
                           "sink": RestartPolicy(sup.sink)}
+        self._control: ControlPath
+        self._checkpoints: Checkpointer | None = None
+        """None without a checkpoint store (checkpoints disabled, not resuming)."""
         self._manifest: Manifest | None = None
-        self._registry: Any = None
-        self._baseline: dict[str, int] = {}
-        """Source positions where the run started (Kafka): the base of every checkpoint's."""
-        self._seq = 1
+        """The checkpoint a resumed run starts from (then the Checkpointer's last one)."""
         self._ingest: list[Any] = []
         self._runs: list[ray.ObjectRef] = []
         self._scorers: list[Any] = []
         self._sink: Any = None
-        self._done: list[dict[str, Any]] = []
         self._retired: list[dict[str, Any]] = []
-        self._checkpoints: list[dict[str, Any]] = []
-        self._n_checkpoints = 0
-        """The last checkpoints taken (bounded: a long run takes many)."""
         self._restarts = 0
         self._main: asyncio.Task[list[dict[str, Any]]] | None = None
         self._ckpt_task: asyncio.Task[Manifest | None] | None = None
@@ -94,73 +88,95 @@ class Supervisor(ControlPath):
         """Bumped at every restart; batches of an older generation are ignored."""
 
     # -- the topology ------------------------------------------------------------------
-    async def start(self, resume: bool = False) -> None:
-        """Create sink, scorers and ingest actors (from the last checkpoint if ``resume``);
-        wait until all answer; start reading and supervising."""
+    async def start(self, resume: bool = False) -> list[str]:
+        """Create sink, scorers and ingest actors (from the last intact checkpoint if
+        ``resume``); wait until all answer; start reading and supervising. Returns what
+        the operator should be told (one line each): a damaged checkpoint passed over."""
         cfg = self._config
         loop = asyncio.get_running_loop()
         if cfg.kafka.create_topics and "kafka" in (cfg.source.kind, cfg.output.kind):
             partitions = getattr(cfg.source, "partitions", 1)
             await loop.run_in_executor(None, ensure_topics, cfg.kafka, partitions)
+        store = seq = None
         if cfg.checkpoint.enabled or resume:
-            self._store = await loop.run_in_executor(None, CheckpointStore, self._store_url)
-            self._seq = await loop.run_in_executor(None, self._store.next_seq)
+            store = await loop.run_in_executor(None, CheckpointStore, self._store_url)
+            seq = await loop.run_in_executor(None, store.next_seq)
+        registry = None
         if cfg.registry.enabled:
             from pipelines.registry import Registry
 
             url = cfg.registry.url or f"sqlite:///{self._out_dir / 'registry.db'}"
-            self._registry = await loop.run_in_executor(None, Registry, url)
+            registry = await loop.run_in_executor(None, Registry, url)
+        notices = []
         if resume:
-            assert self._store is not None
-            self._manifest = await loop.run_in_executor(None, self._store.latest)
-            if self._manifest is None:
+            assert store is not None
+            # Every part hashed before any actor starts: a damaged one is passed over here,
+            # not found by the actor restoring it (which would fail until it escalates).
+            point = await loop.run_in_executor(None, resume_point, store)
+            if point is None:
                 raise PipelineError(f"--resume: no committed checkpoint in {self._store_url}")
+            self._manifest = point.manifest
+            for damage in point.damaged:
+                self._log.record("checkpoint_damaged", "supervisor",
+                                 f"{damage}; resuming from {point.manifest.id}",
+                                 checkpoint=damage.checkpoint, part=damage.part,
+                                 path=damage.path, resumed_from=point.manifest.id)
+            if point.fallback is not None:
+                notices.append(point.fallback)
             self._log.record("resume", "supervisor", "riffle run --resume",
                              checkpoint=self._manifest.id)
         else:
             self._log.record("start", "supervisor", "riffle run")
-        if cfg.source.kind == "kafka" and self._store is not None:
+        baseline: dict[str, int] = {}
+        if cfg.source.kind == "kafka" and store is not None:
             # Where this run starts reading: what a failure before the first checkpoint
             # rewinds to, and what each checkpoint's positions start from.
             if self._manifest is not None:
-                self._baseline = dict(self._manifest.positions)
-                await loop.run_in_executor(None, rewind_group, cfg.kafka, self._baseline)
+                baseline = dict(self._manifest.positions)
+                await loop.run_in_executor(None, rewind_group, cfg.kafka, baseline)
             else:
-                self._baseline = await loop.run_in_executor(None, group_positions, cfg.kafka)
-        await loop.run_in_executor(None, lambda: self._init_control(resume=resume))
+                baseline = await loop.run_in_executor(None, group_positions, cfg.kafka)
+        self._control = await loop.run_in_executor(None, lambda: ControlPath(
+            cfg, out_dir=self._out_dir, log=self._log, registry=registry, task=self._task,
+            scorers=lambda: (self._scorers, self._generation),
+            resume_from=self._manifest if resume else None))
+        if store is not None and seq is not None:
+            self._checkpoints = Checkpointer(
+                cfg, store=store, log=self._log, control=self._control, registry=registry,
+                seq=seq, manifest=self._manifest, baseline=baseline)
         self._started = time.time()
         try:
             await self._build(append=resume)
         except ActorFailed as e:
             await self._recover(e)  # a crash loop escalates here (RunFailed)
         self._main = asyncio.create_task(self._supervise())
-        self._control_task = asyncio.create_task(self._control_loop())
+        self._control.start(stopped=lambda: self._stopped)
+        return notices
 
     async def _build(self, *, append: bool) -> None:
-        """Create every actor, restored from ``self._manifest`` if there is one."""
+        """Create every actor, restored from the last checkpoint if there is one."""
         cfg = self._config
-        restore = self._restore()
+        restore = self._last_checkpoint()
         self._sink = self._new_sink(append)
         self._scorers = [self._new_scorer(i, restore) for i in range(cfg.scoring.n_actors)]
         self._ingest = [self._new_ingest(i, parts, restore) for i, parts in enumerate(
             assign_partitions(cfg.source.partitions, cfg.ingest.n_actors))]
         await self._all_ready()
-        launch = None if append else self._launch_command()
-        if launch is not None:  # before the first event: every record sees the launch
-            await self._command(launch, "config", strict=True)
+        if not append:  # before the first event: every record sees the launch
+            await self._control.launch()
         self._runs = [a.run.remote() for a in self._ingest]
 
     async def _rebuild(self, failed: str) -> None:
         """After ``failed`` failed: replace it (every actor, for all_for_one) and rewind
         the others in place to the last checkpoint, as a new generation. Batches of the
         old generation still queued anywhere are ignored."""
-        async with self._control_lock:  # no command half-applied meanwhile
+        async with self._control.lock:  # no command half-applied meanwhile
             await self._rebuild_data_path(failed)
 
     async def _rebuild_data_path(self, failed: str) -> None:
         cfg = self._config
         self._generation += 1
-        gen, restore = self._generation, self._restore()
+        gen, restore = self._generation, self._last_checkpoint()
         all_for_one = cfg.supervision.strategy == "all_for_one"
         # Stop reading everywhere; the failed actor goes; the old runs end (a run waiting
         # on the failed actor ends when that one is killed).
@@ -176,14 +192,14 @@ class Supervisor(ControlPath):
             if isinstance(outcome, TimeoutError):  # stuck: replaced as well
                 replace.add(f"ingest-{i}")
                 ray.kill(self._ingest[i], no_restart=True)
-        if cfg.source.kind == "kafka" and self._store is not None:
+        if cfg.source.kind == "kafka" and self._checkpoints is not None:
             # The group's commits ran ahead of the checkpoint: set them back to its positions.
-            positions = self._manifest.positions if self._manifest else self._baseline
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, rewind_group, cfg.kafka, positions)
+                    None, rewind_group, cfg.kafka, self._checkpoints.positions())
             except Exception as e:  # the broker is away: this restart fails, the next retries
-                raise ActorFailed(failed, f"rewinding the consumer group: {_cause(e)}") from None
+                raise ActorFailed(failed,
+                                  f"rewinding the consumer group: {cause_line(e)}") from None
         if "sink" in replace:
             self._sink = self._new_sink(append=True)
         resets = []
@@ -192,8 +208,8 @@ class Supervisor(ControlPath):
                 self._scorers[i] = self._new_scorer(i, restore)
             else:
                 resets.append((f"scorer-{i}", scorer.reset.remote(
-                    gen, restore, self._lifecycle.deployment,
-                    self._lifecycle.artifacts_for(f"scorer-{i}"))))
+                    gen, restore, self._control.deployment,
+                    self._control.artifacts_for(f"scorer-{i}"))))
         parts = assign_partitions(cfg.source.partitions, len(self._ingest))
         for i, actor in enumerate(self._ingest):
             if f"ingest-{i}" in replace:
@@ -206,26 +222,37 @@ class Supervisor(ControlPath):
             try:
                 await asyncio.wait_for(ref, cfg.supervision.ping_timeout_s)
             except (TimeoutError, ray.exceptions.RayError) as e:
-                raise ActorFailed(name, f"while rewinding: {_cause(e)}") from None
+                raise ActorFailed(name, f"while rewinding: {cause_line(e)}") from None
         await self._all_ready()
         self._resumed_at = time.time()
         self._runs = [a.run.remote() for a in self._ingest]
 
-    def _restore(self) -> dict[str, Any] | None:
-        return self._manifest.model_dump(mode="json") if self._manifest else None
+    def _last_checkpoint(self) -> Manifest | None:
+        return self._checkpoints.manifest if self._checkpoints else self._manifest
+
+    def _store_for_actors(self) -> str | None:
+        return self._store_url if self._checkpoints is not None else None
 
     def _new_sink(self, append: bool) -> Any:
         return SinkActor.options(num_cpus=0).remote(self._config, self._out_dir, append=append)
 
-    def _new_scorer(self, index: int, restore: dict[str, Any] | None) -> Any:
+    def _new_scorer(self, index: int, restore: Manifest | None) -> Any:
         cfg = self._config
         return ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
             cfg.scoring, name=f"scorer-{index}",
             metrics_window=max(1, cfg.scoring.metrics_window // cfg.scoring.n_actors),
-            generation=self._generation, store_url=self._store_url if self._store else None,
+            generation=self._generation, store_url=self._store_for_actors(),
             restore=restore, drills=cfg.runtime.fault_drills,
-            deployment=self._lifecycle.deployment,
-            artifacts=self._lifecycle.artifacts_for(f"scorer-{index}"))
+            deployment=self._control.deployment,
+            artifacts=self._control.artifacts_for(f"scorer-{index}"))
+
+    def _new_ingest(self, index: int, partitions: list[int],
+                    restore: Manifest | None = None) -> Any:
+        cfg = self._config
+        return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
+            cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
+            scorers=self._scorers, sink=self._sink, generation=self._generation,
+            store_url=self._store_for_actors(), restore=restore)
 
     def _named(self) -> list[tuple[str, Any]]:
         return [("sink", self._sink),
@@ -238,22 +265,12 @@ class Supervisor(ControlPath):
                 await asyncio.wait_for(actor.ready.remote(),
                                        self._config.supervision.start_timeout_s)
             except (TimeoutError, ray.exceptions.RayError) as e:
-                raise ActorFailed(name, _cause(e)) from None
-
-    def _new_ingest(self, index: int, partitions: list[int],
-                    restore: dict[str, Any] | None = None) -> Any:
-        cfg = self._config
-        return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
-            cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
-            scorers=self._scorers, sink=self._sink, generation=self._generation,
-            store_url=self._store_url if self._store is not None else None, restore=restore)
+                raise ActorFailed(name, cause_line(e)) from None
 
     async def _teardown(self) -> None:
         """Kill the data path; ingest actors first leave their consumer group."""
-        self._stop_control()
-        if self._ckpt_task is not None:  # never committed: its folder has no manifest
-            self._ckpt_task.cancel()
-            self._ckpt_task = None
+        self._control.stop()
+        self._cancel_checkpoint()
         await asyncio.gather(*(asyncio.wait_for(a.abort.remote(), 5) for a in self._ingest),
                              return_exceptions=True)
         for _, actor in self._named():
@@ -270,16 +287,14 @@ class Supervisor(ControlPath):
 
     async def _watch(self) -> list[dict[str, Any]]:
         """Until the ingest actors are done (their stats), or an actor fails (raises)."""
-        cfg = self._config
-        sup = cfg.supervision
-        ckpt = cfg.checkpoint
+        sup = self._config.supervision
         now = time.monotonic()
-        next_ckpt = now + (ckpt.interval_s or float("inf"))
+        last = self._last_checkpoint()
+        schedule = CheckpointSchedule(self._config.checkpoint, now=now,
+                                      events_read=last.events_read if last else 0)
         next_ping = now + sup.ping_interval_s
-        events_at_ckpt = self._manifest.events_read if self._manifest else 0
         pings: dict[str, tuple[float, ray.ObjectRef]] = {}
         done: dict[int, dict[str, Any]] = {}
-        next_count = now
         while len(done) < len(self._runs):
             await asyncio.sleep(TICK_S)
             pending = [r for i, r in enumerate(self._runs) if i not in done]
@@ -289,7 +304,7 @@ class Supervisor(ControlPath):
                 try:
                     done[i] = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    raise ActorFailed(await self._culprit(f"ingest-{i}"), _cause(e)) from None
+                    raise ActorFailed(await self._culprit(f"ingest-{i}"), cause_line(e)) from None
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + sup.ping_interval_s
@@ -302,7 +317,7 @@ class Supervisor(ControlPath):
                     try:
                         ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        raise ActorFailed(name, _cause(e)) from None
+                        raise ActorFailed(name, cause_line(e)) from None
                 elif now - sent > sup.ping_timeout_s:
                     raise ActorFailed(name, f"no answer to a ping for {sup.ping_timeout_s} s "
                                             "(hung)")
@@ -311,42 +326,48 @@ class Supervisor(ControlPath):
             if ckpt_task is not None and ckpt_task.done():
                 self._ckpt_task = None
                 committed = ckpt_task.result()  # an actor's failure during it raises here
-                if committed is not None:
-                    events_at_ckpt = committed.events_read
-                next_ckpt = time.monotonic() + (ckpt.interval_s or float("inf"))
-            if self._store is None or done or self._stopped or self._ckpt_task is not None:
+                schedule.taken(time.monotonic(),
+                               events_read=committed.events_read if committed else None)
+            if (self._checkpoints is None or done or self._stopped
+                    or self._ckpt_task is not None or not schedule.wants_progress(now)):
                 continue
-            due = now >= next_ckpt
-            if (due or ckpt.every_events) and now >= next_count:
-                next_count = now + 0.5
-                events, positions = await self._progress()
-                if ckpt.every_events and events - events_at_ckpt >= ckpt.every_events:
-                    due = True
-                elif due and positions == self._positions():  # nothing read since the last
-                    due = False
-                    next_ckpt = now + (ckpt.interval_s or float("inf"))
-            else:
-                due = False
-            if due:
+            events, positions = await self._progress()
+            if schedule.due(now, events=events,
+                            moved=positions != self._checkpoints.positions()):
                 self._ckpt_task = asyncio.create_task(self._checkpoint())
         if self._ckpt_task is not None:
             task, self._ckpt_task = self._ckpt_task, None
             await task  # ends at once: the ingest actors have stopped reading
         stats = [done[i] for i in range(len(self._runs))]
-        if self._store is not None:  # drained (ended or stopped): a final, exact checkpoint
-            await self._final_checkpoint(stats)
+        if self._checkpoints is not None:  # drained (ended or stopped): a final, exact one
+            await self._checkpoints.final(self._ingest, self._scorers, stats, self._generation)
         return stats
 
     async def _progress(self) -> tuple[int, dict[str, int]]:
         """Events read so far, and the positions the ingest actors have reached."""
+        assert self._checkpoints is not None
         try:
             stats = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
         except ray.exceptions.RayError as e:  # an ingest actor died: restart, not the end
-            raise ActorFailed(await self._culprit("supervisor"), _cause(e)) from None
-        positions = self._positions()
+            raise ActorFailed(await self._culprit("supervisor"), cause_line(e)) from None
+        positions = self._checkpoints.positions()
         for st in stats:
             positions.update(st["positions"])
         return sum(st["events"] for st in stats), positions
+
+    async def _checkpoint(self) -> Manifest | None:
+        """An aligned checkpoint through the running pipeline; None if abandoned."""
+        assert self._checkpoints is not None
+        async with self._control.lock:  # every part reflects the same deployment
+            try:
+                return await self._checkpoints.aligned(self._ingest, self._scorers)
+            except ActorFailed as e:
+                raise ActorFailed(await self._culprit(e.actor), e.error) from None
+
+    def _cancel_checkpoint(self) -> None:
+        if self._ckpt_task is not None:  # never committed: its folder has no manifest
+            self._ckpt_task.cancel()
+            self._ckpt_task = None
 
     async def _culprit(self, reporter: str) -> str:
         """Which actor failed: the first that no longer answers, else the reporter."""
@@ -374,11 +395,10 @@ class Supervisor(ControlPath):
                 raise RunFailed(f"pipeline {self._config.name}: {failure.actor} failed and was "
                                 f"not restarted: {decision.reason}")
             failed_at = time.time()
-            if self._ckpt_task is not None:  # never committed: its folder has no manifest
-                self._ckpt_task.cancel()
-                self._ckpt_task = None
+            self._cancel_checkpoint()
             await asyncio.sleep(decision.delay_s)
-            checkpoint = self._manifest.id if self._manifest else None
+            last = self._last_checkpoint()
+            checkpoint = last.id if last else None
             try:
                 await self._rebuild(failure.actor)
             except ActorFailed as again:
@@ -391,136 +411,6 @@ class Supervisor(ControlPath):
                              resumed_at=self._resumed_at,
                              rebuilt_in_s=round(self._resumed_at - failed_at, 3))
             return
-
-    # -- checkpoints -------------------------------------------------------------------
-    async def _checkpoint(self) -> Manifest | None:
-        """An aligned checkpoint through the running pipeline; None if abandoned."""
-        async with self._control_lock:  # every part reflects the same deployment
-            return await self._aligned_checkpoint()
-
-    async def _aligned_checkpoint(self) -> Manifest | None:
-        assert self._store is not None
-        seq, self._seq = self._seq, self._seq + 1
-        ckpt = checkpoint_id(seq)
-        started = time.monotonic()
-        n = len(self._ingest)
-        hold = n > 1
-        try:
-            results = await asyncio.wait_for(asyncio.gather(
-                *(a.barrier.remote(ckpt, seq, n, hold) for a in self._ingest)),
-                self._config.checkpoint.timeout_s)
-            if any(r is None for r in results):  # an ingest actor finished meanwhile
-                self._log.record("checkpoint_abandoned", "supervisor",
-                                 "an ingest actor stopped reading", checkpoint=ckpt)
-                await self._resume_all()
-                return None
-            refs = [ref for r in results for ref in r["scorer_parts"]]
-            scorer_parts = await asyncio.wait_for(asyncio.gather(*refs),
-                                                  self._config.checkpoint.timeout_s)
-        except TimeoutError:
-            self._log.record("checkpoint_abandoned", "supervisor", "timed out", checkpoint=ckpt)
-            await self._resume_all()
-            return None
-        except ray.exceptions.RayError as e:
-            raise ActorFailed(await self._culprit("supervisor"),
-                              f"during checkpoint {ckpt}: {_cause(e)}") from None
-        parts = [*results, *(p for p in scorer_parts if p is not None)]
-        positions = self._positions()
-        for r in results:
-            positions.update(r["positions"])
-        manifest = await self._commit(seq, ckpt, parts, positions,
-                                      sum(r["events"] for r in results), final=False)
-        await self._resume_all()
-        duration = time.monotonic() - started
-        # How long reading or scoring stood still for it: held ingest actors wait for the
-        # whole checkpoint; a single one only while it injects, and scorers while they write.
-        writes = [p.get("write_s", 0.0) for p in scorer_parts if p is not None]
-        pause = duration if hold else (max(r["inject_s"] for r in results)
-                                       + max(writes, default=0.0))
-        self._note_checkpoint(manifest, pause, duration)
-        try:
-            await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
-        except ray.exceptions.RayError as e:  # a scorer died just after the commit
-            raise ActorFailed(await self._culprit("supervisor"),
-                              f"after checkpoint {ckpt}: {_cause(e)}") from None
-        return manifest
-
-    async def _final_checkpoint(self, stats: list[dict[str, Any]]) -> None:
-        """After the source is exhausted and drained: the final model, as a checkpoint."""
-        assert self._store is not None
-        seq, self._seq = self._seq, self._seq + 1
-        ckpt = checkpoint_id(seq)
-        started = time.monotonic()
-        ingest_parts = await asyncio.gather(*(a.part.remote(ckpt) for a in self._ingest))
-        scorer_parts = await asyncio.gather(*(s.barrier.remote(ckpt, seq, 1, self._generation)
-                                              for s in self._scorers))
-        positions = self._positions()
-        for p in ingest_parts:
-            positions.update(p["positions"])
-        manifest = await self._commit(seq, ckpt, [*ingest_parts, *scorer_parts], positions,
-                                      sum(s["events"] for s in stats), final=True)
-        await asyncio.gather(*(s.committed.remote(ckpt) for s in self._scorers))
-        self._note_checkpoint(manifest, 0.0, time.monotonic() - started)
-
-    def _positions(self) -> dict[str, int]:
-        """Positions a new checkpoint starts from: its predecessor's (a Kafka partition
-        that handed out nothing since stays where it was)."""
-        return dict(self._manifest.positions if self._manifest else self._baseline)
-
-    async def _commit(self, seq: int, ckpt: str, parts: list[dict[str, Any]],
-                      positions: dict[str, int], events: int, *, final: bool) -> Manifest:
-        assert self._store is not None
-        cfg = self._config
-        manifest = Manifest(id=ckpt, seq=seq, created_at=time.time(), pipeline=cfg.name,
-                            config_hash=cfg.config_hash(), positions=positions,
-                            parts={p["name"]: Part.model_validate(p["part"]) for p in parts},
-                            events_read=events, final=final,
-                            deployment=deployment_to_json(self._lifecycle.deployment),
-                            control_position=self._control.position)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._store.commit, manifest)
-        parent, self._manifest = self._manifest, manifest
-        await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
-        scorers = [p for p in parts if "learned" in p]
-        await loop.run_in_executor(None, self._register, manifest, parent, scorers)
-        return manifest
-
-    def _register(self, manifest: Manifest, parent: Manifest | None,
-                  scorers: list[dict[str, Any]]) -> None:
-        """Record the checkpoint as a model version; a registry that fails is logged, and
-        the pipeline goes on (the checkpoint itself is committed)."""
-        if self._registry is None:
-            return
-        from pipelines.registry import river_version_id
-
-        spec = self._config.scoring.model
-        try:
-            self._registry.register_checkpoint(
-                self._store_url, manifest,
-                model_class=" | ".join(step.name for step in spec.steps),
-                params={"steps": [step.model_dump(mode="json") for step in spec.steps],
-                        "version": spec.version},
-                n_learned=sum(p["learned"] for p in scorers),
-                parent_id=river_version_id(manifest.pipeline, parent.id) if parent else None,
-                metrics=merge_metrics(scorers), start_positions=self._baseline or None)
-        except Exception as e:
-            self._log.record("registry_error", "supervisor", _cause(e), checkpoint=manifest.id)
-
-    def _note_checkpoint(self, manifest: Manifest, pause_s: float, duration_s: float) -> None:
-        size = sum(p.bytes for p in manifest.parts.values())
-        info = {"id": manifest.id, "events_read": manifest.events_read, "bytes": size,
-                "pause_s": round(pause_s, 4), "duration_s": round(duration_s, 4),
-                "final": manifest.final}
-        self._checkpoints.append(info)
-        del self._checkpoints[:-100]
-        self._n_checkpoints += 1
-        self._log.record("checkpoint", "supervisor", "final" if manifest.final else "periodic",
-                         checkpoint=manifest.id, bytes=size, pause_s=info["pause_s"],
-                         duration_s=info["duration_s"], positions=manifest.positions)
-
-    async def _resume_all(self) -> None:
-        await asyncio.gather(*(a.resume.remote() for a in self._ingest),
-                             return_exceptions=True)
 
     # -- what the driver asks ----------------------------------------------------------
     async def scale_ingest(self, n_actors: int) -> int:
@@ -551,23 +441,29 @@ class Supervisor(ControlPath):
             raise
         except Exception as e:
             await self.stop()
-            raise RunFailed(f"pipeline {self._config.name} failed: {_cause(e)}") from None
+            raise RunFailed(f"pipeline {self._config.name} failed: {cause_line(e)}") from None
         ingest_stats += self._retired
-        self._stop_control()
+        self._control.stop()
         sink_stats = await self._sink.close.remote()
         scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._scorers))
+        return self._summary(ingest_stats, list(scorer_stats), sink_stats)
+
+    def _summary(self, ingest: list[dict[str, Any]], scorers: list[dict[str, Any]],
+                 sink: dict[str, Any]) -> dict[str, Any]:
         summary = build_summary(
-            name=self._config.name, ingest=ingest_stats, scorers=list(scorer_stats),
-            sink=sink_stats, wall_s=time.time() - self._started,
+            name=self._config.name, ingest=ingest, scorers=scorers, sink=sink,
+            wall_s=time.time() - self._started,
             metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
         summary["supervision"] = self._supervision_summary()
-        summary["deployment"] = self._arms_summary(list(scorer_stats))
+        summary["deployment"] = self._control.summary(scorers)
         return summary
 
     def _supervision_summary(self) -> dict[str, Any]:
-        return {"restarts": self._restarts, "n_checkpoints": self._n_checkpoints,
-                "checkpoints": list(self._checkpoints),
-                "last_checkpoint": self._manifest.id if self._manifest else None,
+        ckpts = self._checkpoints
+        last = self._last_checkpoint()
+        return {"restarts": self._restarts, "n_checkpoints": ckpts.n_taken if ckpts else 0,
+                "checkpoints": [c._asdict() for c in ckpts.history] if ckpts else [],
+                "last_checkpoint": last.id if last else None,
                 "log": self._log.entries[-20:]}
 
     async def pids(self) -> dict[str, int]:
@@ -584,15 +480,10 @@ class Supervisor(ControlPath):
         except ray.exceptions.RayError:  # mid-restart: the log says why
             return {"pipeline": self._config.name, "restarting": True,
                     "supervision": self._supervision_summary()}
-        summary = build_summary(
-            name=self._config.name, ingest=list(ingest), scorers=list(scorers),
-            sink={"predictions_written": sum(i["acked"]["predictions"] for i in ingest),
-                  "dead_letters_written": sum(i["acked"]["dead_letters"] for i in ingest)},
-            wall_s=time.time() - self._started,
-            metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
-        summary["supervision"] = self._supervision_summary()
-        summary["deployment"] = self._arms_summary(list(scorers))
-        return summary
+        return self._summary(
+            list(ingest), list(scorers),
+            {"predictions_written": sum(i["acked"]["predictions"] for i in ingest),
+             "dead_letters_written": sum(i["acked"]["dead_letters"] for i in ingest)})
 
     async def stop(self) -> None:
         """Stop reading everywhere; in-flight batches still drain."""
@@ -606,10 +497,3 @@ async def _settled(ref: ray.ObjectRef) -> None:
         await ref
     except Exception:
         return
-
-
-def _cause(error: BaseException) -> str:
-    # A RayTaskError names the actor and wraps the original exception: keep one line.
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"

@@ -223,6 +223,29 @@ class ResumePoint(NamedTuple):
     damaged: list[Damage]
     """What made each newer checkpoint unusable (first damaged part of each), newest first."""
 
+    @property
+    def fallback(self) -> str | None:
+        """One line for the operator when damaged checkpoints were passed over, else None.
+
+        >>> m = Manifest(id="ckpt-000006", seq=6, created_at=0.0, pipeline="p",
+        ...              config_hash="c", positions={}, parts={})
+        >>> ResumePoint(m, []).fallback is None
+        True
+        >>> print(ResumePoint(m, [Damage("ckpt-000007", "ingest-0", "ckpt-000007/ingest-0.pkl",
+        ...                              "does not match its SHA-256 in the manifest")]).fallback)
+        checkpoint ckpt-000007 is damaged (part ingest-0 does not match its SHA-256 in the \
+manifest): resuming from ckpt-000006, the newest intact checkpoint; records after it are \
+read again
+        """
+        if not self.damaged:
+            return None
+        newest = self.damaged[0]
+        more = len(self.damaged) - 1
+        also = f" (and {more} more damaged)" if more else ""
+        return (f"checkpoint {newest.checkpoint} is damaged (part {newest.part} {newest.reason})"
+                f"{also}: resuming from {self.manifest.id}, the newest intact checkpoint; "
+                "records after it are read again")
+
 
 def resume_point(store: CheckpointStore) -> ResumePoint | None:
     """The newest committed checkpoint whose every part matches its hash; None if the

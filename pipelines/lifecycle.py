@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from pipelines.checkpoint import MANIFEST, CheckpointStore, Manifest
 from pipelines.config import PipelineConfig
 from pipelines.errors import LifecycleError, RiffleError
-from pipelines.protocol import ArmSpec, Command, CommandError, Deployment, parse_command
+from pipelines.protocol import Applied, ArmSpec, Command, CommandError, Deployment, parse_command
 
 __all__ = [
     "Lifecycle",
@@ -293,7 +293,7 @@ class Lifecycle:
         self._log(raw, channel, cmd, "rejected", error=error)
         raise LifecycleError(error)
 
-    def applied(self, prepared: Prepared, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def applied(self, prepared: Prepared, results: list[Applied]) -> dict[str, Any]:
         """The scorers serve ``prepared.deployment``: record it (events and command)."""
         cmd, before = prepared.command, self.deployment
         self.deployment = prepared.deployment
@@ -302,9 +302,9 @@ class Lifecycle:
         in_force = {a.version for a in self.deployment.arms} | {self.deployment.previous}
         self._cache = {v: per for v, per in self._cache.items() if v in in_force}
         self.n_applied += 1
-        pauses = [r["pause_s"] for r in results]
+        pauses = [r.pause_s for r in results]
         details = {"pause_ms_max": round(1000 * max(pauses, default=0.0), 3),
-                   "scored_before": {r["name"]: r["scored"] for r in results},
+                   "scored_before": {r.name: r.scored for r in results},
                    "deployment": deployment_to_json(self.deployment), **prepared.details}
         for version, kind in _events(cmd, before, self.deployment):
             self._record(version, kind, cmd, details)

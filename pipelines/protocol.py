@@ -8,6 +8,12 @@ Data path::
 
     SourceMessage ─(IngestActor: decode, validate, dedupe)─> Event | Feedback | DeadLetter
     Batch[Event | Feedback] ─(ScorerActor)─> SinkBatch ─(SinkActor)─> Ack
+
+Checkpoint path (see the section at the end)::
+
+    Supervisor ─Barrier─> IngestActor ─Barrier─> ScorerActor ─> ScorerPart
+    IngestActor ─> IngestPart (its part, positions, the scorers' ScorerPart refs)
+    Supervisor: every part written ─> Manifest (committed last) ─> CheckpointStats
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import pickle
 import time
 import uuid
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,16 +29,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # CommandError is re-exported: it was defined here first.
 from pipelines.errors import CommandError, format_validation_error
 
+if TYPE_CHECKING:  # the checkpoint store's own records (pydantic: they are written as JSON)
+    from pipelines.checkpoint import Part
+
 __all__ = [
     "Ack",
+    "Applied",
     "ArmSpec",
+    "Barrier",
     "Batch",
+    "CheckpointStats",
     "Command",
     "CommandError",
     "DeadLetter",
     "Deployment",
     "Event",
     "Feedback",
+    "IngestPart",
+    "ScorerPart",
     "SinkBatch",
     "SourceMessage",
     "decode_batch",
@@ -270,3 +284,74 @@ def parse_command(raw: bytes | str) -> Command:
         return Command.model_validate(data)
     except ValidationError as e:
         raise CommandError(format_validation_error(e, root="<command>")) from None
+
+
+# -- the checkpoint path ---------------------------------------------------------------
+# Aligned checkpoints (see actors.checkpointer): parts first, the manifest last. The
+# Manifest and its Parts are the store's own records (pipelines.checkpoint); they travel
+# between the actors as those objects.
+
+
+class Barrier(NamedTuple):
+    """Checkpoint ``checkpoint``: the Supervisor asks every ingest actor, which sends it on
+    to every scorer behind the data it routed before its positions."""
+
+    checkpoint: str
+    """The checkpoint's id (``ckpt-000012``)."""
+    seq: int
+    n_inputs: int
+    """How many ingest actors send it: a scorer writes its part at the last one."""
+    hold: bool = False
+    """The ingest actor reads nothing more until ``resume`` (with several ingest actors,
+    so that no scorer sees a record after the positions before every barrier came)."""
+
+
+class ScorerPart(NamedTuple):
+    """A scorer's part of a checkpoint (model, pending labels) and its figures then."""
+
+    name: str
+    part: Part
+    write_s: float
+    """How long writing it kept the scorer from scoring."""
+    learned: int
+    n_metric: int
+    metrics: dict[str, float]
+
+
+class IngestPart(NamedTuple):
+    """An ingest actor's part of a checkpoint (its dedupe memory) and its positions."""
+
+    name: str
+    part: Part
+    positions: dict[str, int]
+    """Per source partition, the offset of the first message the checkpoint does not
+    reflect (everything before it is acknowledged by the sink)."""
+    events: int
+    """Events this actor had read."""
+    inject_s: float = 0.0
+    """How long the barrier kept it from reading (flush, acks, part written)."""
+    scorer_parts: tuple[Any, ...] = ()
+    """Refs of the scorers' answers to the barrier it sent (``ScorerPart | None``)."""
+
+
+class Applied(NamedTuple):
+    """A scorer's answer to ``apply``: it serves the deployment from its next batch."""
+
+    name: str
+    scored: int
+    """Events it had scored before the change (the swap's position)."""
+    pause_s: float
+    """How long applying it kept the scorer from scoring."""
+    generation: int
+
+
+class CheckpointStats(NamedTuple):
+    """A committed checkpoint, as the run's status and summary list it."""
+
+    id: str
+    events_read: int
+    bytes: int
+    pause_s: float
+    """How long reading or scoring stood still for it."""
+    duration_s: float
+    final: bool

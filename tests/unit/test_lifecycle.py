@@ -10,7 +10,7 @@ import pytest
 from river import linear_model
 
 from pipelines.lifecycle import Lifecycle, LifecycleError, plan
-from pipelines.protocol import Command, Deployment
+from pipelines.protocol import Applied, Command, Deployment
 from pipelines.registry import Registry
 
 
@@ -95,8 +95,8 @@ def test_lifecycle_prepare_loads_verified_artifacts_then_records_what_applied(
                           "file:test@0")
     assert prepared.command.version == "p/sk-a"  # a local name resolved in the pipeline
     assert set(prepared.artifacts["p/sk-a"]) == {"scorer-0", "scorer-1"}
-    lc.applied(prepared, [{"name": "scorer-0", "scored": 10, "pause_s": 0.001},
-                          {"name": "scorer-1", "scored": 12, "pause_s": 0.002}])
+    lc.applied(prepared, [Applied("scorer-0", scored=10, pause_s=0.001, generation=0),
+                          Applied("scorer-1", scored=12, pause_s=0.002, generation=0)])
     assert lc.deployment.mode == "canary"
     assert set(lc.artifacts_for("scorer-1")) == {"p/sk-a"}
     applied = registry.commands()[-1]
