@@ -194,7 +194,13 @@ def reap_leftovers(grace_s: float = 20.0) -> int:
                 return ended
             if pid == 0:
                 break
-        alive = [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+        alive = []
+        for p in psutil.Process().children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
         if not alive:
             return ended
         if time.monotonic() > deadline:
