@@ -19,7 +19,7 @@ import orjson
 import ray
 
 from pipelines.config import PipelineConfig
-from pipelines.errors import PipelineError, first_line, last_line
+from pipelines.errors import PipelineError, last_line, named_line
 from pipelines.sources import check_source
 from pipelines.status import read_status, write_status
 
@@ -115,7 +115,7 @@ def _observe(on_progress: Callable[[dict[str, Any]], None], status: dict[str, An
     try:
         on_progress(status)
     except Exception as e:
-        log.warning("progress display failed (the run goes on): %s", first_line(e))
+        log.warning("progress display failed (the run goes on): %s", named_line(e))
 
 
 def _get(ref: ray.ObjectRef) -> Any:
