@@ -27,13 +27,13 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from pipelines.allocator import pin_mmap_threshold
+from pipelines.allocator import pin_mmap_threshold, tune_gc
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
-from pipelines.ingest import IngestCore, PositionTracker
+from pipelines.ingest import Batcher, IngestCore, PositionTracker
 from pipelines.models import Task
-from pipelines.protocol import Barrier, Batch, Event, Feedback, IngestPart, SinkBatch, encode_batch
+from pipelines.protocol import Barrier, Batch, IngestPart, SinkBatch, encode_batch
 from pipelines.sources import open_pipeline_reader
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class IngestActor:
         self._barrier_lock = threading.Lock()
         self._running = False
         self._setup(generation, scorers, sink, restore)
+        tune_gc()  # the imports and the reader out of the collector's sight (pipelines.allocator)
 
     def _setup(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
                restore: Manifest | None) -> None:
@@ -94,11 +95,7 @@ class IngestActor:
         self._tracker = PositionTracker()
         self._stop = threading.Event()
         n = len(scorers)
-        self._buffers: list[list[Event | Feedback]] = [[] for _ in range(n)]
-        self._since = [0.0] * n   # when each buffer got its first item
-        # Per buffer, [chunk, items] of what it holds, oldest first: a cut batch takes its
-        # items from the front, and the rest still knows its oldest chunk.
-        self._segments: list[deque[list[int]]] = [deque() for _ in range(n)]
+        self._batcher = Batcher(n, batch_size=self._cfg.batch_size, linger_s=self._cfg.linger_s)
         self._lanes: list[deque[ray.ObjectRef]] = [deque() for _ in range(n + 1)]  # [n]: dead
         self._lane_of: dict[ray.ObjectRef, int] = {}
         self._seq = 0
@@ -183,7 +180,7 @@ class IngestActor:
                 "started_at": self._started_at, "finished_at": self._finished_at,
                 "first_read_at": self._first_read_at, "last_ack_at": self._last_ack_at,
                 "in_flight_peak": self._in_flight_peak,
-                "buffered": sum(len(b) for b in self._buffers),
+                "buffered": len(self._batcher),
                 "positions": self._reader.positions(),
                 "checkpoint_pause_s": self._checkpoint_pause_s}
 
@@ -223,7 +220,7 @@ class IngestActor:
             self._flush(force=idle)
             self._collect(0)
             self._commit(force=False)
-            if finishing and not any(self._buffers) and not any(self._lanes):
+            if finishing and not len(self._batcher) and not any(self._lanes):
                 break
             if idle:
                 # Nothing to read right now: wait on acks (or a short while) instead of spinning.
@@ -267,46 +264,16 @@ class IngestActor:
         if dead:
             self._send(len(self._scorers), chunk,
                        lambda: self._write.remote(SinkBatch.of_dead_letters(dead)))
-        now = time.monotonic()
-        for s, items in enumerate(routed):
-            if items:
-                if not self._buffers[s]:
-                    self._since[s] = now
-                self._buffers[s].extend(items)
-                self._segments[s].append([chunk, len(items)])
+        self._batcher.add(chunk, routed, now=time.monotonic())
 
     def _flush(self, *, force: bool) -> None:
-        now = time.monotonic()
-        cfg = self._cfg
-        size = cfg.batch_size
-        for s in range(len(self._buffers)):
-            buf = self._buffers[s]
-            while buf and (force or len(buf) >= size or now - self._since[s] >= cfg.linger_s):
-                # Batches never exceed batch_size: a large read is cut into several.
-                head, buf = buf[:size], buf[size:]
-                self._buffers[s] = buf
-                oldest = self._take_segments(s, len(head))
-                data = encode_batch(Batch(self._seq, head))
-                self._seq += 1
-                process = self._process[s]
-                # The scorer's output goes to the sink by reference: it never comes back here.
-                self._send(s, oldest, lambda p=process, d=data, g=self._generation:
-                           self._write.remote(p.remote(d, g)))
-                if buf and len(buf) < size and not force:
-                    self._since[s] = now  # the rest waits for its own linger
-
-    def _take_segments(self, s: int, n: int) -> int:
-        """Take ``n`` items' segments off buffer ``s``; the oldest chunk among them."""
-        segments = self._segments[s]
-        oldest = segments[0][0]
-        while n:
-            head = segments[0]
-            took = min(n, head[1])
-            head[1] -= took
-            n -= took
-            if not head[1]:
-                segments.popleft()
-        return oldest
+        for s, items, oldest in self._batcher.cut(now=time.monotonic(), force=force):
+            data = encode_batch(Batch(self._seq, items))
+            self._seq += 1
+            process = self._process[s]
+            # The scorer's output goes to the sink by reference: it never comes back here.
+            self._send(s, oldest, lambda p=process, d=data, g=self._generation:
+                       self._write.remote(p.remote(d, g)))
 
     def _send(self, lane: int, chunk: int, submit: Any) -> None:
         # Backpressure: wait for the oldest unit of this lane while it is full.
@@ -339,8 +306,7 @@ class IngestActor:
             self._last_ack_at = time.time()
 
     def _commit(self, *, force: bool) -> None:
-        pending = [seg[0][0] for seg in self._segments if seg]
-        self._tracker.committable(min(pending) if pending else None)
+        self._tracker.committable(self._batcher.oldest_chunk())
         now = time.monotonic()
         if force or now - self._last_commit >= COMMIT_INTERVAL_S:
             self._last_commit = now

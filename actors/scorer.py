@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from pipelines.allocator import pin_mmap_threshold
+from pipelines.allocator import pin_mmap_threshold, tune_gc
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
@@ -41,6 +41,7 @@ class ScorerActor:
         self._window = metrics_window
         self._store = CheckpointStore(store_url) if store_url else None
         self.reset(generation, restore, deployment, artifacts)
+        tune_gc()  # the imports and the model out of the collector's sight (pipelines.allocator)
 
     def reset(self, generation: int, restore: Manifest | None,
               deployment: Deployment | None = None,

@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from pipelines.allocator import tune_gc
 from pipelines.config import PipelineConfig
 from pipelines.protocol import Ack, SinkBatch
 from pipelines.sinks import FileSink, KafkaSink
@@ -24,6 +25,7 @@ class SinkActor:
         self._sink: FileSink | KafkaSink = (
             KafkaSink(config.kafka, client_id=f"{config.name}-sink")
             if config.output.kind == "kafka" else FileSink(out_dir, append=append))
+        tune_gc()  # the imports out of the collector's sight (pipelines.allocator)
 
     @ray.method(concurrency_group="health")
     def ready(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import deque
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from pipelines.models import Task
 from pipelines.protocol import DeadLetter, Event, Feedback, SourceMessage
 from pipelines.validation import RecentIds, RecordValidator
 
-__all__ = ["IngestCore", "PositionTracker", "scorer_of"]
+__all__ = ["Batcher", "IngestCore", "PositionTracker", "scorer_of"]
 
 _NONE: dict[int, str] = {}
 
@@ -190,3 +191,77 @@ class PositionTracker:
             del self._chunks[c]
         self.committed.update(positions)
         return positions
+
+
+class Batcher:
+    """Cuts routed items into scorer batches: at ``batch_size`` items, or once the oldest
+    item of a buffer has waited ``linger_s`` (or at once, when forced).
+
+    Each buffer remembers from which read chunk its items came, so every batch names the
+    oldest chunk it carries (for :class:`PositionTracker`), and so does what stays behind.
+
+    >>> b = Batcher(2, batch_size=3, linger_s=0.05)
+    >>> b.add(0, [["e1", "e2"], ["e3"]], now=0.0); b.add(1, [["e4", "e5"], []], now=0.01)
+    >>> b.cut(now=0.02)                     # buffer 0 is full; buffer 1 lingers
+    [(0, ['e1', 'e2', 'e4'], 0)]
+    >>> b.oldest_chunk(), len(b)
+    (0, 2)
+    >>> b.cut(now=0.06)                     # buffer 1 has waited long enough
+    [(1, ['e3'], 0)]
+    >>> b.cut(now=0.07, force=True)         # the rest of 0 lingers from its cut; forced
+    [(0, ['e5'], 1)]
+    >>> b.cut(now=0.08), b.oldest_chunk()
+    ([], None)
+    """
+
+    def __init__(self, n_scorers: int, *, batch_size: int, linger_s: float) -> None:
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self._buffers: list[list[Any]] = [[] for _ in range(n_scorers)]
+        self._since = [0.0] * n_scorers  # when each buffer got its oldest waiting item
+        # Per buffer, [chunk, items] of what it holds, oldest first: a cut batch takes its
+        # items from the front, and the rest still knows its oldest chunk.
+        self._segments: list[deque[list[int]]] = [deque() for _ in range(n_scorers)]
+
+    def add(self, chunk: int, routed: list[list[Any]], *, now: float) -> None:
+        """The items of read chunk ``chunk``, per scorer."""
+        for s, items in enumerate(routed):
+            if items:
+                buf = self._buffers[s]
+                if not buf:
+                    self._since[s] = now
+                buf.extend(items)
+                self._segments[s].append([chunk, len(items)])
+
+    def cut(self, *, now: float, force: bool = False) -> list[tuple[int, list[Any], int]]:
+        """The batches due now: ``(scorer, items, oldest chunk)``; never over batch_size."""
+        out = []
+        size = self.batch_size
+        for s, buf in enumerate(self._buffers):
+            while buf and (force or len(buf) >= size or now - self._since[s] >= self.linger_s):
+                head, buf = buf[:size], buf[size:]
+                self._buffers[s] = buf
+                out.append((s, head, self._take_segments(s, len(head))))
+                if buf and len(buf) < size and not force:
+                    self._since[s] = now  # the rest waits for its own linger
+        return out
+
+    def _take_segments(self, s: int, n: int) -> int:
+        segments = self._segments[s]
+        oldest = segments[0][0]
+        while n:
+            head = segments[0]
+            took = min(n, head[1])
+            head[1] -= took
+            n -= took
+            if not head[1]:
+                segments.popleft()
+        return oldest
+
+    def oldest_chunk(self) -> int | None:
+        """The oldest read chunk with items still held here (None when empty)."""
+        pending = [seg[0][0] for seg in self._segments if seg]
+        return min(pending) if pending else None
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buffers)

@@ -81,7 +81,8 @@ def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, float]:
     """Pipeline-wide metrics from each scorer's :meth:`Progressive.state`; exact.
 
     >>> a, b = Progressive("binary"), Progressive("binary")
-    >>> _ = a.update(True, 0.9, True); _ = b.update(True, 0.2, False); _ = b.update(False, 0.2, False)
+    >>> _ = a.update(True, 0.9, True); _ = b.update(True, 0.2, False)
+    >>> _ = b.update(False, 0.2, False)
     >>> round(merge_metrics([a.state(), b.state()])["accuracy"], 4)
     0.6667
     """

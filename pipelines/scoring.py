@@ -111,7 +111,9 @@ class ScorerCore:
         hold, match, learn = self.labels.add, self.labels.match, self._learn
         name, checkpoint, dumps, clock = self.name, self.checkpoint, orjson.dumps, time.time
         timer = time.perf_counter
-        n_scored = n_feedback = 0
+        progressive, window, learners = self._metrics.update, self._window, self._learners
+        learn_one = model.learn_one
+        n_scored = n_feedback = n_learned = 0
         spent_total = spent_max = 0.0
         for item in batch.items:
             if type(item) is Event:
@@ -141,11 +143,35 @@ class ScorerCore:
                     learn(item, scored, early[0], dead)
             else:
                 n_feedback += 1
-                held = match(item.record_id, item.label)
-                if held is not None:
-                    learn(item, held, item.label, dead)
+                label = item.label  # type: ignore[union-attr]
+                held = match(item.record_id, label)
+                if held is None:
+                    continue
+                # _learn(), inlined for the one-arm case: metrics, window, then learning.
+                y_pred = held.y_pred
+                if y_pred is not None and y_pred != {}:
+                    hit = progressive(label, y_pred, held.prediction)
+                    win = self._window_now
+                    if win[0] == window:
+                        win = self._window_now = [0, 0.0]
+                        self._windows.append(win)
+                    win[0] += 1
+                    win[1] += hit if classifier else -hit
+                features = held.features
+                for arm in learners:  # the warm previous version learns too
+                    try:
+                        arm.model.learn_one(features, label)
+                    except Exception:
+                        arm.counts["errors"] += 1
+                try:
+                    learn_one(features, label)
+                except Exception as e:
+                    self._learn_error(item, label, e, dead)
+                    continue
+                n_learned += 1
         self.counts["scored"] += n_scored
         self.counts["feedback"] += n_feedback
+        self.counts["learned"] += n_learned
         live.counts["scored"] += n_scored
         lat = live.latency
         lat[0] += n_scored
@@ -285,15 +311,19 @@ class ScorerCore:
         try:
             self.arms[0].model.learn_one(features, label)
         except Exception as e:
-            self.counts["model_errors"] += 1
-            dead.append(DeadLetter(
-                item.record_id, "feedback",
-                orjson.dumps({"record_id": item.record_id, "key": item.key, "label": label},
-                             default=repr, option=_JSON),
-                f"model error while learning: {type(e).__name__}: {e}", "ModelError",
-                item.topic or self.name, item.partition, item.offset))
+            self._learn_error(item, label, e, dead)
             return
         self.counts["learned"] += 1
+
+    def _learn_error(self, item: Event | Feedback, label: Any, error: Exception,
+                     dead: list[DeadLetter]) -> None:
+        self.counts["model_errors"] += 1
+        dead.append(DeadLetter(
+            item.record_id, "feedback",
+            orjson.dumps({"record_id": item.record_id, "key": item.key, "label": label},
+                         default=repr, option=_JSON),
+            f"model error while learning: {type(error).__name__}: {error}", "ModelError",
+            item.topic or self.name, item.partition, item.offset))
 
     # -- the control path --------------------------------------------------------------
     def apply(self, deployment: Deployment, models: dict[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 import numpy as np
+import orjson
 from ddsketch import DDSketch
 
 from pipelines.config import KafkaConfig
@@ -72,7 +72,7 @@ class LatencySketch:
             self._sketch.add(0.0, float(n_zero))
         if not len(positive):
             return
-        groups, first, counts = np.unique(np.floor(np.log(positive) * _GROUPS_PER_E),
+        _, first, counts = np.unique(np.floor(np.log(positive) * _GROUPS_PER_E),
                                           return_index=True, return_counts=True)
         add = self._sketch.add
         for value, count in zip(positive[first].tolist(), counts.tolist(), strict=True):

@@ -58,7 +58,10 @@ def plain_loop(config: PipelineConfig, out: Path) -> dict[str, Any]:
         update={"n_actors": 1})}), task=task)
     scorer = ScorerCore(config.scoring, name="loop")
     sink = FileSink(out)
+    from pipelines.allocator import tune_gc
     from pipelines.protocol import SinkBatch
+
+    tune_gc()  # as every actor does once it is built
 
     t0 = time.perf_counter()
     seq = 0
