@@ -65,7 +65,7 @@ class Supervisor:
         self._task = task_of(build_model(config.scoring.model))
         self._stopped = False
         self._started = 0.0
-        self._store_url = store_url or str(self._out_dir / "checkpoints")
+        self._store_url = store_url or config.checkpoint_store_url(self._out_dir)
         self._log = SupervisionLog(self._out_dir / "supervision.jsonl")
         sup = config.supervision
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
@@ -105,8 +105,8 @@ class Supervisor:
         if cfg.registry.enabled:
             from pipelines.registry import Registry
 
-            url = cfg.registry.url or f"sqlite:///{self._out_dir / 'registry.db'}"
-            registry = await loop.run_in_executor(None, Registry, url)
+            registry = await loop.run_in_executor(None, Registry,
+                                                  cfg.registry_url(self._out_dir))
         notices = []
         if resume:
             assert store is not None
