@@ -56,7 +56,7 @@ def _how_to_make(config: PipelineConfig) -> str:
     path = getattr(config.source, "path", None)
     if path is None or Path(path).exists() or Path(path).suffix not in (".jsonl", ".csv"):
         return ""
-    return f" (make a sample one: riffle sample {path} --events 50000)"
+    return f" (write a sample one with: riffle sample {path} --events 50000)"
 
 
 @click.command()
