@@ -7,27 +7,46 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from tests.helpers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 RIFFLE = [sys.executable, "-m", "pipelines.cli"]
+# Every process a test's riffle starts (Ray's included) inherits this mark in its
+# environment: another Ray on the machine (a parallel test session) is not ours.
+RUN_MARK = "RIFFLE_TEST_RUN"
 
 
-def riffle(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_env(mark: str = "") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[RUN_MARK] = mark or uuid.uuid4().hex
+    return env
+
+
+def riffle(*args: str, cwd: Path = ROOT, timeout: float = 300, mark: str = ""
+           ) -> subprocess.CompletedProcess:
     return subprocess.run([*RIFFLE, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=run_env(mark))
 
 
-def ray_pids() -> set[int]:
+def ray_pids(mark: str) -> set[int]:
+    """The Ray processes (GCS, raylet, agents, workers) of the riffle run marked ``mark``."""
     pattern = "ray/(core|_private|dashboard|autoscaler)|raylet|gcs_server"
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    mine = set()
+    for pid in map(int, out.split()):
+        try:
+            if psutil.Process(pid).environ().get(RUN_MARK) == mark:
+                mine.add(pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return mine
 
 
 def wait_until(cond, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -87,8 +106,8 @@ def test_cli_run_file_with_bad_lines_goes_on_and_writes_outputs(tmp_path: Path) 
     config = _config(tmp_path, f"name: cli\nsource: {{kind: file, path: {data}, partitions: 2, "
                                "label_column: label}\ningest: {num_cpus: 0}\n"
                                "scoring: {n_actors: 2, num_cpus: 0}\n")
-    before = ray_pids()
-    result = riffle("run", str(config), "--out", str(tmp_path / "out"))
+    mark = uuid.uuid4().hex
+    result = riffle("run", str(config), "--out", str(tmp_path / "out"), mark=mark)
     assert result.returncode == 0, result.stderr
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     for field in ("events", "scored", "learned", "dead_letters", "labels_expired",
@@ -102,7 +121,7 @@ def test_cli_run_file_with_bad_lines_goes_on_and_writes_outputs(tmp_path: Path) 
     assert sorted(d["error"].split(":")[0] for d in dead) == [
         "empty line", "invalid JSON", "key"]
     assert "events" in result.stdout  # the summary table
-    wait_until(lambda: not (ray_pids() - before), 30, "the run's Ray processes to exit")
+    wait_until(lambda: not ray_pids(mark), 30, "the run's Ray processes to exit")
     # The run's status afterwards: finished, its final checkpoint, the supervision log.
     status = riffle("status", str(config), "--out", str(tmp_path / "out"), timeout=60)
     assert status.returncode == 0, status.stderr
@@ -135,8 +154,8 @@ def test_cli_status_and_resume_without_a_run_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_cli_endless_run_stops_cleanly_on_signal(tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
-    before = ray_pids()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    mark = uuid.uuid4().hex
+    env = run_env(mark)
     proc = subprocess.Popen([*RIFFLE, "run", "configs/local.yaml", "--endless", "--out",
                              str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
@@ -145,6 +164,7 @@ def test_cli_endless_run_stops_cleanly_on_signal(tmp_path: Path, how: str) -> No
         wait_until(lambda: (out / "predictions.jsonl").exists()
                    and (out / "predictions.jsonl").stat().st_size > 100_000, 120,
                    "predictions to flow")
+        assert ray_pids(mark), "the run's Ray processes are not found by their mark"
         if how == "sigterm":
             proc.send_signal(signal.SIGTERM)
         else:  # a terminal's Ctrl-C reaches the whole foreground process group
@@ -159,4 +179,4 @@ def test_cli_endless_run_stops_cleanly_on_signal(tmp_path: Path, how: str) -> No
     predictions = read_jsonl(out / "predictions.jsonl")
     # Drained: every event read was scored and written, no line is torn.
     assert summary["events"] == summary["scored"] == len(predictions) > 0
-    wait_until(lambda: not (ray_pids() - before), 30, "the run's Ray processes to exit")
+    wait_until(lambda: not ray_pids(mark), 30, "the run's Ray processes to exit")
