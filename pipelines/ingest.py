@@ -78,6 +78,7 @@ class IngestCore:
         counts["events"] += len(messages) - n_feedback
         counts["feedback"] += n_feedback
         seen, crc32 = self.seen, zlib.crc32
+        new = tuple.__new__  # a named tuple without the Python frame of its __new__
         i_event = i_feedback = 0
         read_at = time.time()
         for m in messages:
@@ -97,9 +98,9 @@ class IngestCore:
                                                "DuplicateRecord"))
                         continue
                     key = payload["key"]
-                    item: Event | Feedback = Event(
+                    item: Event | Feedback = new(Event, (
                         record_id, key, payload.get("event_time") or read_at,
-                        payload["features"], m.partition, m.offset, read_at, m.topic)
+                        payload["features"], m.partition, m.offset, read_at, m.topic))
                     routed[crc32(key.encode()) % n if n > 1 else 0].append(item)
                     continue
             else:
@@ -107,9 +108,9 @@ class IngestCore:
                 i_feedback += 1
                 if error is None:
                     key = payload["key"]
-                    item = Feedback(payload["record_id"], key, payload["label"],
-                                    payload.get("event_time") or read_at, m.partition,
-                                    m.offset, read_at, m.topic)
+                    item = new(Feedback, (payload["record_id"], key, payload["label"],
+                                          payload.get("event_time") or read_at, m.partition,
+                                          m.offset, read_at, m.topic))
                     routed[crc32(key.encode()) % n if n > 1 else 0].append(item)
                     continue
             rid = payload.get("record_id")

@@ -161,25 +161,39 @@ class Ack(NamedTuple):
     n_dead_letters: int
 
 
+_EVENT, _FEEDBACK = 69, 70  # b"E", b"F"
+
+
 def encode_batch(batch: Batch) -> bytes:
     """A batch as bytes for the hop to a scorer.
 
     Ray pickles arguments with cloudpickle, whose per-object Python hook costs several
     microseconds per record for tuples of our own types; the C pickler does not, and
-    Ray passes ``bytes`` through untouched.
+    Ray passes ``bytes`` through untouched. Items travel as plain tuples beside one byte
+    of kind each: a named tuple pickles through a Python-level ``__getnewargs__`` and
+    unpickles through its Python ``__new__`` (2.9 + 3.0 us an event and its label,
+    against 1.3 + 2.5 us as plain tuples, on the loan sample).
 
-    >>> b = Batch(3, [Feedback("r1", "k", True, 0.0, 0, 5, 1.0)])
-    >>> decode_batch(encode_batch(b)) == b
-    True
+    >>> b = Batch(3, [Event("r1", "k", 0.0, {"x": 1.0}, 0, 4, 1.0, "t"),
+    ...               Feedback("r1", "k", True, 0.0, 0, 5, 1.0, "t")])
+    >>> back = decode_batch(encode_batch(b))
+    >>> back == b, [type(i).__name__ for i in back.items]
+    (True, ['Event', 'Feedback'])
     """
-    return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    items = batch.items
+    kinds = bytes([_EVENT if type(i) is Event else _FEEDBACK for i in items])
+    return pickle.dumps((batch.seq, kinds, [tuple(i) for i in items]),
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_batch(data: bytes) -> Batch:
-    batch = pickle.loads(data)
-    if type(batch) is not Batch:
-        raise TypeError(f"expected an encoded Batch, got {type(batch).__name__}")
-    return batch
+    try:
+        seq, kinds, rows = pickle.loads(data)
+    except (pickle.UnpicklingError, TypeError, ValueError) as e:
+        raise TypeError(f"expected an encoded Batch: {e}") from None
+    new = tuple.__new__  # a named tuple from a plain one, in C
+    return Batch(seq, [new(Event, r) if k == _EVENT else new(Feedback, r)
+                       for k, r in zip(kinds, rows, strict=True)])
 
 
 # -- the control path ------------------------------------------------------------------

@@ -110,7 +110,7 @@ class ScorerCore:
         predict = model.predict_proba_one if classifier else model.predict_one
         hold, match, learn = self.labels.add, self.labels.match, self._learn
         name, checkpoint, dumps, clock = self.name, self.checkpoint, orjson.dumps, time.time
-        timer = time.perf_counter
+        timer, new = time.perf_counter, tuple.__new__
         progressive, window, learners = self._metrics.update, self._window, self._learners
         learn_one = model.learn_one
         n_scored = n_feedback = n_learned = 0
@@ -137,7 +137,7 @@ class ScorerCore:
                 }, option=_JSON))
                 keys.append(item.key)
                 read_at.append(item.read_at)
-                scored = _Scored(item.features, score, prediction, live)
+                scored = new(_Scored, (item.features, score, prediction, live, None))
                 early = hold(item.record_id, scored)
                 if early is not None:  # its label came first
                     learn(item, scored, early[0], dead)
