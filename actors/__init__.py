@@ -1,13 +1,7 @@
 """riffle's Ray actors: thin shells over the runtime-free cores of ``pipelines``.
 
 Each actor module reads as the list of messages it answers.
+
+Each actor's worker process imports its own module only (no re-exports here): a sink
+needs neither River nor the registry, and every import is start-up time.
 """
-
-from __future__ import annotations
-
-from actors.ingest import IngestActor
-from actors.scorer import ScorerActor
-from actors.sink import SinkActor
-from actors.supervisor import Supervisor
-
-__all__ = ["IngestActor", "ScorerActor", "SinkActor", "Supervisor"]

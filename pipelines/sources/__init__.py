@@ -20,13 +20,11 @@ from pipelines.config import (
 )
 from pipelines.sources.base import PartitionLog, SourceReader, partition_of
 from pipelines.sources.file import FileReader, check_readable
-from pipelines.sources.synthetic import SyntheticReader
 
 __all__ = [
     "FileReader",
     "PartitionLog",
     "SourceReader",
-    "SyntheticReader",
     "check_source",
     "open_pipeline_reader",
     "open_reader",
@@ -41,6 +39,10 @@ def open_reader(
 ) -> SourceReader:
     """A reader of ``partitions`` of an embedded source, from ``positions``."""
     if isinstance(cfg, SyntheticSourceConfig):
+        # River's generators pull in river.datasets (scikit-learn, pandas, SQLAlchemy:
+        # ~1 s of imports) that no other source needs.
+        from pipelines.sources.synthetic import SyntheticReader
+
         return SyntheticReader(cfg, partitions, positions)
     if isinstance(cfg, FileSourceConfig):
         return FileReader(cfg, partitions, positions)
