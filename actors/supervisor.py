@@ -1,7 +1,7 @@
 """Supervisor: builds the topology, watches it, restarts it; a coordinator.
 
-It is the one place that creates actors: a sink, the scorers, then the ingest actors
-that own the source partitions. While the pipeline runs it
+It builds the topology (:class:`~actors.topology.Topology`: a sink, the scorers, then
+the ingest actors that own the source partitions). While the pipeline runs it
 
 - watches every actor two ways: Ray's notice of a death (a call to it fails) and a
   ping every ``ping_interval_s`` that must be answered within ``ping_timeout_s`` (a
@@ -33,9 +33,7 @@ import ray
 
 from actors.checkpointer import Checkpointer
 from actors.control import ControlPath
-from actors.ingest import IngestActor
-from actors.scorer import ScorerActor
-from actors.sink import SinkActor
+from actors.topology import Topology
 from pipelines.checkpoint import CheckpointSchedule, CheckpointStore, Manifest, resume_point
 from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, PipelineError, RunFailed, cause_line
@@ -45,15 +43,6 @@ from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
 
 TICK_S = 0.05
-
-
-def assign_partitions(n_partitions: int, n_ingest: int) -> list[list[int]]:
-    """Partitions dealt round-robin to ingest actors.
-
-    >>> assign_partitions(5, 2)
-    [[0, 2, 4], [1, 3]]
-    """
-    return [list(range(i, n_partitions, n_ingest)) for i in range(n_ingest)]
 
 
 @ray.remote(max_restarts=0, num_cpus=0)
@@ -71,21 +60,15 @@ class Supervisor:
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
                           "sink": RestartPolicy(sup.sink)}
         self._control: ControlPath
+        self._actors: Topology
         self._checkpoints: Checkpointer | None = None
         """None without a checkpoint store (checkpoints disabled, not resuming)."""
         self._manifest: Manifest | None = None
         """The checkpoint a resumed run starts from (then the Checkpointer's last one)."""
-        self._ingest: list[Any] = []
-        self._runs: list[ray.ObjectRef] = []
-        self._scorers: list[Any] = []
-        self._sink: Any = None
-        self._retired: list[dict[str, Any]] = []
         self._restarts = 0
         self._main: asyncio.Task[list[dict[str, Any]]] | None = None
         self._ckpt_task: asyncio.Task[Manifest | None] | None = None
         self._resumed_at = 0.0
-        self._generation = 0
-        """Bumped at every restart; batches of an older generation are ignored."""
 
     # -- the topology ------------------------------------------------------------------
     async def start(self, resume: bool = False) -> list[str]:
@@ -138,8 +121,11 @@ class Supervisor:
                 baseline = await loop.run_in_executor(None, group_positions, cfg.kafka)
         self._control = await loop.run_in_executor(None, lambda: ControlPath(
             cfg, out_dir=self._out_dir, log=self._log, registry=registry, task=self._task,
-            scorers=lambda: (self._scorers, self._generation),
+            scorers=lambda: (self._actors.scorers, self._actors.generation),
             resume_from=self._manifest if resume else None))
+        self._actors = Topology(cfg, out_dir=self._out_dir, task=self._task,
+                                store_url=self._store_url if store is not None else None,
+                                control=self._control)
         if store is not None and seq is not None:
             self._checkpoints = Checkpointer(
                 cfg, store=store, log=self._log, control=self._control, registry=registry,
@@ -155,16 +141,10 @@ class Supervisor:
 
     async def _build(self, *, append: bool) -> None:
         """Create every actor, restored from the last checkpoint if there is one."""
-        cfg = self._config
-        restore = self._last_checkpoint()
-        self._sink = self._new_sink(append)
-        self._scorers = [self._new_scorer(i, restore) for i in range(cfg.scoring.n_actors)]
-        self._ingest = [self._new_ingest(i, parts, restore) for i, parts in enumerate(
-            assign_partitions(cfg.source.partitions, cfg.ingest.n_actors))]
-        await self._all_ready()
+        await self._actors.build(self._last_checkpoint(), append=append)
         if not append:  # before the first event: every record sees the launch
             await self._control.launch()
-        self._runs = [a.run.remote() for a in self._ingest]
+        self._actors.start_reading()
 
     async def _rebuild(self, failed: str) -> None:
         """After ``failed`` failed: replace it (every actor, for all_for_one) and rewind
@@ -175,24 +155,10 @@ class Supervisor:
 
     async def _rebuild_data_path(self, failed: str) -> None:
         cfg = self._config
-        self._generation += 1
-        gen, restore = self._generation, self._last_checkpoint()
-        all_for_one = cfg.supervision.strategy == "all_for_one"
-        # Stop reading everywhere; the failed actor goes; the old runs end (a run waiting
-        # on the failed actor ends when that one is killed).
-        await asyncio.gather(*(asyncio.wait_for(a.abort.remote(), 5) for a in self._ingest),
-                             return_exceptions=True)
-        replace = {name for name, _ in self._named()} if all_for_one else {failed}
-        for name, actor in self._named():
-            if name in replace:
-                ray.kill(actor, no_restart=True)
-        ended = await asyncio.gather(
-            *(asyncio.wait_for(_settled(r), 10) for r in self._runs), return_exceptions=True)
-        for i, outcome in enumerate(ended):
-            if isinstance(outcome, TimeoutError):  # stuck: replaced as well
-                replace.add(f"ingest-{i}")
-                ray.kill(self._ingest[i], no_restart=True)
-        if cfg.source.kind == "kafka" and self._checkpoints is not None:
+
+        async def rewind_source() -> None:
+            if cfg.source.kind != "kafka" or self._checkpoints is None:
+                return
             # The group's commits ran ahead of the checkpoint: set them back to its positions.
             try:
                 await asyncio.get_running_loop().run_in_executor(
@@ -200,82 +166,21 @@ class Supervisor:
             except Exception as e:  # the broker is away: this restart fails, the next retries
                 raise ActorFailed(failed,
                                   f"rewinding the consumer group: {cause_line(e)}") from None
-        if "sink" in replace:
-            self._sink = self._new_sink(append=True)
-        resets = []
-        for i, scorer in enumerate(self._scorers):
-            if f"scorer-{i}" in replace:
-                self._scorers[i] = self._new_scorer(i, restore)
-            else:
-                resets.append((f"scorer-{i}", scorer.reset.remote(
-                    gen, restore, self._control.deployment,
-                    self._control.artifacts_for(f"scorer-{i}"))))
-        parts = assign_partitions(cfg.source.partitions, len(self._ingest))
-        for i, actor in enumerate(self._ingest):
-            if f"ingest-{i}" in replace:
-                self._ingest[i] = self._new_ingest(i, parts[i] if i < len(parts) else [],
-                                                   restore)
-            else:
-                resets.append((f"ingest-{i}", actor.reset.remote(
-                    gen, self._scorers, self._sink, restore)))
-        for name, ref in resets:
-            try:
-                await asyncio.wait_for(ref, cfg.supervision.ping_timeout_s)
-            except (TimeoutError, ray.exceptions.RayError) as e:
-                raise ActorFailed(name, f"while rewinding: {cause_line(e)}") from None
-        await self._all_ready()
+
+        await self._actors.rewind(failed, self._last_checkpoint(),
+                                  all_for_one=cfg.supervision.strategy == "all_for_one",
+                                  rewind_source=rewind_source)
         self._resumed_at = time.time()
-        self._runs = [a.run.remote() for a in self._ingest]
 
     def _last_checkpoint(self) -> Manifest | None:
         return self._checkpoints.manifest if self._checkpoints else self._manifest
-
-    def _store_for_actors(self) -> str | None:
-        return self._store_url if self._checkpoints is not None else None
-
-    def _new_sink(self, append: bool) -> Any:
-        return SinkActor.options(num_cpus=0).remote(self._config, self._out_dir, append=append)
-
-    def _new_scorer(self, index: int, restore: Manifest | None) -> Any:
-        cfg = self._config
-        return ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
-            cfg.scoring, name=f"scorer-{index}",
-            metrics_window=max(1, cfg.scoring.metrics_window // cfg.scoring.n_actors),
-            generation=self._generation, store_url=self._store_for_actors(),
-            restore=restore, drills=cfg.runtime.fault_drills,
-            deployment=self._control.deployment,
-            artifacts=self._control.artifacts_for(f"scorer-{index}"))
-
-    def _new_ingest(self, index: int, partitions: list[int],
-                    restore: Manifest | None = None) -> Any:
-        cfg = self._config
-        return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
-            cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
-            scorers=self._scorers, sink=self._sink, generation=self._generation,
-            store_url=self._store_for_actors(), restore=restore)
-
-    def _named(self) -> list[tuple[str, Any]]:
-        return [("sink", self._sink),
-                *((f"scorer-{i}", s) for i, s in enumerate(self._scorers)),
-                *((f"ingest-{i}", a) for i, a in enumerate(self._ingest))]
-
-    async def _all_ready(self) -> None:
-        for name, actor in self._named():
-            try:
-                await asyncio.wait_for(actor.ready.remote(),
-                                       self._config.supervision.start_timeout_s)
-            except (TimeoutError, ray.exceptions.RayError) as e:
-                raise ActorFailed(name, cause_line(e)) from None
 
     async def _teardown(self) -> None:
         """Kill the data path; ingest actors first leave their consumer group."""
         self._control.stop()
         self._cancel_checkpoint()
-        await asyncio.gather(*(asyncio.wait_for(a.abort.remote(), 5) for a in self._ingest),
-                             return_exceptions=True)
-        for _, actor in self._named():
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
+        await self._actors.abort()
+        self._actors.kill()
 
     # -- supervision -------------------------------------------------------------------
     async def _supervise(self) -> list[dict[str, Any]]:
@@ -295,12 +200,13 @@ class Supervisor:
         next_ping = now + sup.ping_interval_s
         pings: dict[str, tuple[float, ray.ObjectRef]] = {}
         done: dict[int, dict[str, Any]] = {}
-        while len(done) < len(self._runs):
+        actors = self._actors
+        while len(done) < len(actors.runs):
             await asyncio.sleep(TICK_S)
-            pending = [r for i, r in enumerate(self._runs) if i not in done]
+            pending = [r for i, r in enumerate(actors.runs) if i not in done]
             ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
             for ref in ready:
-                i = self._runs.index(ref)
+                i = actors.runs.index(ref)
                 try:
                     done[i] = ray.get(ref)
                 except ray.exceptions.RayError as e:
@@ -308,7 +214,7 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + sup.ping_interval_s
-                for name, actor in self._named():
+                for name, actor in actors.named():
                     if name not in pings:
                         pings[name] = (now, actor.ready.remote())
             for name, (sent, ref) in list(pings.items()):
@@ -338,16 +244,17 @@ class Supervisor:
         if self._ckpt_task is not None:
             task, self._ckpt_task = self._ckpt_task, None
             await task  # ends at once: the ingest actors have stopped reading
-        stats = [done[i] for i in range(len(self._runs))]
+        stats = [done[i] for i in range(len(actors.runs))]
         if self._checkpoints is not None:  # drained (ended or stopped): a final, exact one
-            await self._checkpoints.final(self._ingest, self._scorers, stats, self._generation)
+            await self._checkpoints.final(actors.ingest, actors.scorers, stats,
+                                          actors.generation)
         return stats
 
     async def _progress(self) -> tuple[int, dict[str, int]]:
         """Events read so far, and the positions the ingest actors have reached."""
         assert self._checkpoints is not None
         try:
-            stats = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
+            stats = await asyncio.gather(*(a.stats.remote() for a in self._actors.ingest))
         except ray.exceptions.RayError as e:  # an ingest actor died: restart, not the end
             raise ActorFailed(await self._culprit("supervisor"), cause_line(e)) from None
         positions = self._checkpoints.positions()
@@ -360,7 +267,8 @@ class Supervisor:
         assert self._checkpoints is not None
         async with self._control.lock:  # every part reflects the same deployment
             try:
-                return await self._checkpoints.aligned(self._ingest, self._scorers)
+                return await self._checkpoints.aligned(self._actors.ingest,
+                                                       self._actors.scorers)
             except ActorFailed as e:
                 raise ActorFailed(await self._culprit(e.actor), e.error) from None
 
@@ -371,7 +279,7 @@ class Supervisor:
 
     async def _culprit(self, reporter: str) -> str:
         """Which actor failed: the first that no longer answers, else the reporter."""
-        for name, actor in self._named():
+        for name, actor in self._actors.named():
             try:
                 await asyncio.wait_for(actor.ready.remote(), 2.0)
             except ray.exceptions.RayError:
@@ -421,16 +329,7 @@ class Supervisor:
         if self._config.source.kind != "kafka":
             raise PipelineError(f"scale_ingest: a {self._config.source.kind} source deals its "
                                 "partitions at start; only a Kafka source's group can scale")
-        while len(self._ingest) < n_actors:
-            actor = self._new_ingest(len(self._ingest) + len(self._retired), [])
-            await actor.ready.remote()
-            self._ingest.append(actor)
-            self._runs.append(actor.run.remote())
-        while len(self._ingest) > n_actors:
-            actor, run = self._ingest.pop(), self._runs.pop()
-            await actor.stop.remote()  # drains, commits, leaves the group
-            self._retired.append(await run)
-        return len(self._ingest)
+        return await self._actors.scale_ingest(n_actors)
 
     async def wait(self) -> dict[str, Any]:
         """Until every ingest actor has drained; then the run's summary."""
@@ -442,10 +341,10 @@ class Supervisor:
         except Exception as e:
             await self.stop()
             raise RunFailed(f"pipeline {self._config.name} failed: {cause_line(e)}") from None
-        ingest_stats += self._retired
+        ingest_stats += self._actors.retired
         self._control.stop()
-        sink_stats = await self._sink.close.remote()
-        scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._scorers))
+        sink_stats = await self._actors.sink.close.remote()
+        scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._actors.scorers))
         return self._summary(ingest_stats, list(scorer_stats), sink_stats)
 
     def _summary(self, ingest: list[dict[str, Any]], scorers: list[dict[str, Any]],
@@ -468,15 +367,15 @@ class Supervisor:
 
     async def pids(self) -> dict[str, int]:
         """The worker process of every actor (for operators and fault drills)."""
-        names = self._named()
+        names = self._actors.named()
         pids = await asyncio.gather(*(a.pid.remote() for _, a in names))
         return dict(zip([n for n, _ in names], pids, strict=True))
 
     async def status(self) -> dict[str, Any]:
         """A progress snapshot: events read, predictions written, accuracy so far."""
         try:
-            ingest = await asyncio.gather(*(a.stats.remote() for a in self._ingest))
-            scorers = await asyncio.gather(*(s.stats.remote() for s in self._scorers))
+            ingest = await asyncio.gather(*(a.stats.remote() for a in self._actors.ingest))
+            scorers = await asyncio.gather(*(s.stats.remote() for s in self._actors.scorers))
         except ray.exceptions.RayError:  # mid-restart: the log says why
             return {"pipeline": self._config.name, "restarting": True,
                     "supervision": self._supervision_summary()}
@@ -488,12 +387,5 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop reading everywhere; in-flight batches still drain."""
         self._stopped = True
-        await asyncio.gather(*(a.stop.remote() for a in self._ingest), return_exceptions=True)
-
-
-async def _settled(ref: ray.ObjectRef) -> None:
-    """Wait for a call to end, however it ends."""
-    try:
-        await ref
-    except Exception:
-        return
+        await asyncio.gather(*(a.stop.remote() for a in self._actors.ingest),
+                             return_exceptions=True)
