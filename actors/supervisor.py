@@ -93,21 +93,7 @@ class Supervisor:
         notices = []
         if resume:
             assert store is not None
-            # Every part hashed before any actor starts: a damaged one is passed over here,
-            # not found by the actor restoring it (which would fail until it escalates).
-            point = await loop.run_in_executor(None, resume_point, store)
-            if point is None:
-                raise PipelineError(f"--resume: no committed checkpoint in {self._store_url}")
-            self._manifest = point.manifest
-            for damage in point.damaged:
-                self._log.record("checkpoint_damaged", "supervisor",
-                                 f"{damage}; resuming from {point.manifest.id}",
-                                 checkpoint=damage.checkpoint, part=damage.part,
-                                 path=damage.path, resumed_from=point.manifest.id)
-            if point.fallback is not None:
-                notices.append(point.fallback)
-            self._log.record("resume", "supervisor", "riffle run --resume",
-                             checkpoint=self._manifest.id)
+            notices = await self._resume_from(store)
         else:
             self._log.record("start", "supervisor", "riffle run")
         baseline: dict[str, int] = {}
@@ -138,6 +124,23 @@ class Supervisor:
         self._main = asyncio.create_task(self._supervise())
         self._control.start(stopped=lambda: self._stopped)
         return notices
+
+    async def _resume_from(self, store: CheckpointStore) -> list[str]:
+        """Choose the checkpoint a resumed run starts from: the newest whose every part
+        matches its hash. Checked here, before any actor starts: an actor restoring a
+        damaged part would fail, be restarted from it and fail again until it escalates."""
+        point = await asyncio.get_running_loop().run_in_executor(None, resume_point, store)
+        if point is None:
+            raise PipelineError(f"--resume: no committed checkpoint in {self._store_url}")
+        self._manifest = point.manifest
+        for damage in point.damaged:
+            self._log.record("checkpoint_damaged", "supervisor",
+                             f"{damage}; resuming from {point.manifest.id}",
+                             checkpoint=damage.checkpoint, part=damage.part,
+                             path=damage.path, resumed_from=point.manifest.id)
+        self._log.record("resume", "supervisor", "riffle run --resume",
+                         checkpoint=point.manifest.id)
+        return [point.fallback] if point.fallback is not None else []
 
     async def _build(self, *, append: bool) -> None:
         """Create every actor, restored from the last checkpoint if there is one."""
