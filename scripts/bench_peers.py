@@ -73,13 +73,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from peer_loops import LABEL_DELAY, MODELS  # noqa: E402
+from peer_loops import FILE_PARTITIONS, LABEL_DELAY, MODELS  # noqa: E402
 
 PEERS = ROOT / "scripts" / "peer_loops.py"
 SHAPES = ((1, 1), (1, 2), (2, 2))
-FILE_SYSTEMS = ["minimal", "bytewax", *(f"riffle-{i}x{s}" for i, s in SHAPES)]
+FILE_SYSTEMS = ["minimal", "bytewax", "riffle-cores", *(f"riffle-{i}x{s}" for i, s in SHAPES),
+                "riffle-1x2-half"]
+"""``riffle-cores``: riffle's own cores in one process, no Ray (the pipeline's baseline, not a
+peer). ``riffle-1x2-half``: 1+2 fed at half the rate riffle-1x2 reached in this run (latency)."""
 KAFKA_SYSTEMS = ["kafka-loop", "quix", *(f"riffle-kafka-{i}x{s}" for i, s in SHAPES)]
-FILE_PARTITIONS = 2  # riffle's file source: the label delay counts within a partition
 KAFKA_PARTITIONS = 4
 
 
@@ -385,7 +387,14 @@ def run_system(ctx: Context, system: str, model: str) -> Row:
     """One system on one model, over the model's share of the events (see --arf-events)."""
     work = ctx.work / f"{system}-{model}"
     n = ctx.events_for(model)
-    if system in ("minimal", "bytewax"):
+    if system == "riffle-1x2-half":
+        full = ctx.rates.get(("riffle-1x2", model))
+        if not full:
+            return Row(system=system, model=model, error="needs riffle-1x2 first in this run")
+        source = {**file_source(ctx.data_for(n)), "rate_per_s": round(full / 2)}
+        return run_riffle(ctx, system, model, riffle_config(
+            f"peers-{system}-{model}", model, 1, 2, source))
+    if system in ("minimal", "bytewax", "riffle-cores"):
         return run_peer(ctx, system, model, [system, "--file", str(ctx.data_for(n)),
                                              "--out", str(work / "predictions.jsonl")])
     if system.startswith("riffle-kafka-"):
@@ -424,6 +433,8 @@ class Context:
     keep: bool = False
     prefixes: dict[int, Path] = field(default_factory=dict)
     loaded: dict[int, float] = field(default_factory=dict)
+    rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    """events/s of each (system, model) run so far (riffle-1x2-half feeds at half)."""
     """Events loaded into Kafka topics of their own -> seconds the load took."""
 
     def events_for(self, model: str) -> int:
@@ -672,6 +683,7 @@ def run_all(ctx: Context, systems: list[str], models: list[str]) -> list[Row]:
             print(f"... {system} / {model}", file=sys.stderr, flush=True)
             row = run_system(ctx, system, model)
             rows.append(row)
+            ctx.rates[system, model] = row.events_per_s
             print(f"    {row.events:,} events, {row.events_per_s:,.0f}/s, "
                   f"wall {row.wall_s:.1f} s{'  ' + row.error if row.error else ''}",
                   file=sys.stderr, flush=True)

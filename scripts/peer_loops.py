@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import time
 from array import array
 from collections import deque
@@ -38,6 +39,7 @@ MODELS: dict[str, list[dict[str, Any]]] = {
 # Columns of `riffle sample` rows that are not features (riffle's file source splits them off).
 NOT_FEATURES = frozenset({"record_id", "key", "event_time", "label"})
 LABEL_DELAY = 20  # each label arrives 20 events after its event
+FILE_PARTITIONS = 2  # riffle's file source: the label delay counts within a partition
 clock = time.perf_counter
 
 
@@ -295,10 +297,54 @@ def ray_floor(n_actors: int) -> None:
     ray.shutdown()
 
 
+# --- riffle's own cores in one process (not a peer: the Ray pipeline's baseline) ----------
+
+
+def riffle_cores(file: Path, out: Path, model_name: str, result: Path, partitions: int) -> None:
+    """riffle's Ray-free cores called in one loop: file source, validation, routing,
+    scoring and learning, the file sink (what the actors run, without Ray between them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pipelines.allocator import tune_gc
+    from pipelines.config import PipelineConfig
+    from pipelines.ingest import IngestCore
+    from pipelines.protocol import Batch, SinkBatch
+    from pipelines.scoring import ScorerCore
+    from pipelines.sinks import FileSink
+    from pipelines.sources import open_reader
+
+    config = PipelineConfig.model_validate({
+        "name": "cores", "source": {"kind": "file", "path": str(file), "partitions": partitions,
+                                    "label_column": "label", "label_delay_events": LABEL_DELAY},
+        "scoring": {"n_actors": 1, "model": {"steps": MODELS[model_name]}}})
+    reader = open_reader(config.source, list(range(partitions)))  # type: ignore[arg-type]
+    core = IngestCore(config, task="binary")
+    scorer = ScorerCore(config.scoring, name="cores")
+    sink = FileSink(out.parent)
+    tune_gc()  # as every actor does once it is built
+    t0, seq = clock(), 0
+    while not reader.exhausted:
+        messages = reader.read(config.ingest.batch_size)
+        if not messages:
+            continue
+        routed, dead = core.route(messages)
+        if dead:
+            sink.write(SinkBatch.of_dead_letters(dead))
+        sink.write(scorer.process(Batch(seq, routed[0])))
+        seq += 1
+    elapsed = clock() - t0
+    sink.close()
+    n = core.counts["events"]
+    result.write_bytes(orjson.dumps({
+        "events": n, "elapsed_s": elapsed, "events_per_s": n / elapsed if elapsed else 0.0,
+        "accuracy": scorer.stats()["metrics"].get("accuracy"),
+        "latency_ms": sink.latency.summary()}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("peer", choices=["minimal", "bytewax", "kafka-loop", "quix", "ray-floor"])
+    ap.add_argument("peer", choices=["minimal", "bytewax", "kafka-loop", "quix", "ray-floor",
+                                     "riffle-cores"])
     ap.add_argument("--model", choices=sorted(MODELS), default="logreg")
     ap.add_argument("--file", type=Path)
     ap.add_argument("--out", type=Path)
@@ -315,6 +361,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.peer == "minimal":
         minimal(args.file, args.out, args.model, args.result)
+    elif args.peer == "riffle-cores":
+        riffle_cores(args.file, args.out, args.model, args.result, FILE_PARTITIONS)
     elif args.peer == "bytewax":
         bytewax(args.file, args.out, args.model, args.result)
     elif args.peer == "kafka-loop":
