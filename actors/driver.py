@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import ray
@@ -23,7 +24,11 @@ from pipelines.errors import PipelineError, last_line, named_line
 from pipelines.sources import check_source
 from pipelines.status import read_status, write_status
 
-__all__ = ["ensure_ray", "read_status", "run_pipeline", "shutdown_ray", "write_status"]
+if TYPE_CHECKING:
+    from pipelines.models import Task
+
+__all__ = ["ensure_ray", "model_task", "read_status", "run_pipeline", "shutdown_ray",
+           "write_status"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,21 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     return True
 
 
+def model_task(config: PipelineConfig) -> Future[Task]:
+    """What the pipeline's model predicts, worked out in a thread: building the model
+    imports River's modules (~1 s), which overlaps with ``ray.init`` instead of delaying
+    the Supervisor's start. A bad model spec raises from ``result()``."""
+    def work() -> Task:
+        from pipelines.models import build_model, task_of  # River: in this thread
+
+        return task_of(build_model(config.scoring.model))
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riffle-model")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future
+
+
 def shutdown_ray() -> None:
     """Stop the Ray this process started (:func:`ensure_ray` returned True)."""
     ray.shutdown()
@@ -61,6 +81,7 @@ def run_pipeline(
     on_started: Callable[[Any], None] | None = None,
     resume: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` until its source ends or ``stop`` is set; returns the summary.
 
@@ -80,7 +101,7 @@ def run_pipeline(
     store = config.checkpoint_store_url(out)
     if not resume:
         (out / "supervision.jsonl").unlink(missing_ok=True)
-    supervisor = Supervisor.remote(config, str(out), store)
+    supervisor = Supervisor.remote(config, str(out), store, task=task)
     try:
         # What the operator must know before the run goes on (one line each): a damaged
         # checkpoint passed over on --resume.

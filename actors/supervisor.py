@@ -38,7 +38,7 @@ from pipelines.checkpoint import CheckpointSchedule, CheckpointStore, Manifest, 
 from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, PipelineError, RunFailed, cause_line
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
-from pipelines.models import build_model, task_of
+from pipelines.models import Task, build_model, task_of
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
 
@@ -47,11 +47,12 @@ TICK_S = 0.05
 
 @ray.remote(max_restarts=0, num_cpus=0)
 class Supervisor:
-    def __init__(self, config: PipelineConfig, out_dir: str, store_url: str | None = None
-                 ) -> None:
+    def __init__(self, config: PipelineConfig, out_dir: str, store_url: str | None = None,
+                 task: Task | None = None) -> None:
         self._config = config
         self._out_dir = Path(out_dir)
-        self._task = task_of(build_model(config.scoring.model))
+        # The driver works the task out while Ray starts (actors.driver.model_task).
+        self._task: Task = task or task_of(build_model(config.scoring.model))
         self._stopped = False
         self._started = 0.0
         self._store_url = store_url or config.checkpoint_store_url(self._out_dir)

@@ -278,7 +278,8 @@ def quix(args: argparse.Namespace) -> None:
 
 
 def ray_floor(n_actors: int) -> None:
-    """ray.init as riffle does, ``n_actors`` actors that import River, ray.shutdown."""
+    """ray.init as riffle does, ``n_actors`` actors that import River's modules for a
+    model (StandardScaler | LogisticRegression), ray.shutdown."""
     import os
 
     import ray
@@ -286,8 +287,11 @@ def ray_floor(n_actors: int) -> None:
     @ray.remote(num_cpus=0)
     class Importer:
         def ready(self) -> str:
+            # `import river` alone loads nothing (River imports its modules lazily): build
+            # the sweep's first model, as any actor that serves one must.
             import river
 
+            build_model("logreg")
             return river.__version__
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,

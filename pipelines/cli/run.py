@@ -114,7 +114,7 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     # The entry point may start Ray; the cores never do (actors.driver owns ray.init).
-    from actors.driver import ensure_ray, run_pipeline, shutdown_ray
+    from actors.driver import ensure_ray, model_task, run_pipeline, shutdown_ray
 
     stop = threading.Event()
 
@@ -125,6 +125,7 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
 
     console = Console(stderr=True)
     show = console.is_terminal if progress is None else progress
+    pipeline_task = model_task(cfg)  # River's imports in a thread, while Ray starts
     started_here = ensure_ray(cfg.runtime.num_cpus)
     # After ray.init, which installs its own SIGTERM handler in the driver.
     signal.signal(signal.SIGINT, request_stop)
@@ -135,7 +136,7 @@ def run(config: Path, events: int | None, endless: bool, out: Path | None,
                                   disable=not show) as bar:
             task = bar.add_task("starting actors...", total=None)
             summary = run_pipeline(
-                cfg, out_dir=out, stop=stop, resume=resume,
+                cfg, out_dir=out, stop=stop, resume=resume, task=pipeline_task.result(),
                 on_progress=lambda status: bar.update(task, description=progress_line(status)),
                 on_notice=lambda line: console.print(f"riffle: warning: {line}", markup=False,
                                                      highlight=False, soft_wrap=True))
