@@ -305,43 +305,20 @@ def ray_floor(n_actors: int) -> None:
 
 
 def riffle_cores(file: Path, out: Path, model_name: str, result: Path, partitions: int) -> None:
-    """riffle's Ray-free cores called in one loop: file source, validation, routing,
-    scoring and learning, the file sink (what the actors run, without Ray between them)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipelines.allocator import tune_gc
-    from pipelines.config import PipelineConfig
-    from pipelines.ingest import IngestCore
-    from pipelines.protocol import Batch, SinkBatch
-    from pipelines.scoring import ScorerCore
-    from pipelines.sinks import FileSink
-    from pipelines.sources import open_reader
+    """riffle's Ray-free cores called in one loop (scripts/bench.py's): file source,
+    validation, routing, scoring and learning, the file sink; no Ray between them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import make_config, plain_loop
 
-    config = PipelineConfig.model_validate({
-        "name": "cores", "source": {"kind": "file", "path": str(file), "partitions": partitions,
-                                    "label_column": "label", "label_delay_events": LABEL_DELAY},
-        "scoring": {"n_actors": 1, "model": {"steps": MODELS[model_name]}}})
-    reader = open_reader(config.source, list(range(partitions)))  # type: ignore[arg-type]
-    core = IngestCore(config, task="binary")
-    scorer = ScorerCore(config.scoring, name="cores")
-    sink = FileSink(out.parent)
-    tune_gc()  # as every actor does once it is built
-    t0, seq = clock(), 0
-    while not reader.exhausted:
-        messages = reader.read(config.ingest.batch_size)
-        if not messages:
-            continue
-        routed, dead = core.route(messages)
-        if dead:
-            sink.write(SinkBatch.of_dead_letters(dead))
-        sink.write(scorer.process(Batch(seq, routed[0])))
-        seq += 1
-    elapsed = clock() - t0
-    sink.close()
-    n = core.counts["events"]
+    config = make_config({"kind": "file", "path": str(file), "partitions": partitions,
+                          "label_column": "label", "label_delay_events": LABEL_DELAY},
+                         1, 1, out.parent)
+    config = config.model_copy(update={"scoring": config.scoring.model_copy(
+        update={"model": config.scoring.model.model_validate({"steps": MODELS[model_name]})})})
+    r = plain_loop(config, out.parent)
     result.write_bytes(orjson.dumps({
-        "events": n, "elapsed_s": elapsed, "events_per_s": n / elapsed if elapsed else 0.0,
-        "accuracy": scorer.stats()["metrics"].get("accuracy"),
-        "latency_ms": sink.latency.summary()}))
+        "events": r["events"], "events_per_s": r["events_per_s"], "accuracy": r["accuracy"],
+        "latency_ms": {"p50": r["p50_ms"], "p99": r["p99_ms"]}}))
 
 
 def main() -> None:
