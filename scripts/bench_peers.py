@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -99,6 +100,9 @@ class Measured:
     leftovers: int = 0
     broker_cpu_s: float | None = None
     log: str = ""
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
+    """CPU cores used per role while the ingest actors were busy (see steady_cpu)."""
 
 
 @dataclass
@@ -155,6 +159,9 @@ class TreeSampler:
         self.interval_s = interval_s
         self.peak = 0
         self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> s
+        self.role: dict[tuple[int, float], str] = {}  # (pid, create_time) -> what it is
+        self.history: list[tuple[float, dict[str, float]]] = []
+        """(time, CPU seconds so far per role) at every sample."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -165,10 +172,15 @@ class TreeSampler:
                 with p.oneshot():
                     total += p.memory_info().rss
                     t = p.cpu_times()
-                    self.cpu_seen[(p.pid, p.create_time())] = t.user + t.system
+                    key = (p.pid, p.create_time())
+                    self.cpu_seen[key] = t.user + t.system
+                    role = role_of(p.cmdline())
+                    if role != "ray idle worker" or key not in self.role:
+                        self.role[key] = role
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
+        self.history.append((time.monotonic(), self.cpu_by_role()))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -181,6 +193,53 @@ class TreeSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds last seen, summed per role (short of each process's last interval)."""
+        out: dict[str, float] = {}
+        for key, cpu in self.cpu_seen.items():
+            role = self.role.get(key, "other")
+            out[role] = out.get(role, 0.0) + cpu
+        return out
+
+
+_ROLES = (("ray::IngestActor", "ingest actors"), ("ray::ScorerActor", "scorer actors"),
+          ("ray::SinkActor", "sink actor"), ("ray::Supervisor", "supervisor"),
+          ("ray::", "ray idle worker"))
+
+
+def steady_cpu(history: list[tuple[float, dict[str, float]]],
+               margin_s: float = 0.5) -> dict[str, Any]:
+    """CPU cores each role used while the ingest actors were busy (start-up and shutdown
+    left out): from the first sample at which the ingest actors' CPU grew to the last,
+    less ``margin_s`` at each end. Empty when that window is under a second."""
+    busy = [t for (t, a), (_, b) in itertools.pairwise(history)
+            if b.get("ingest actors", 0.0) - a.get("ingest actors", 0.0) > 0.01]
+    if len(busy) < 2:
+        return {}
+    start, end = busy[0] + margin_s, busy[-1] - margin_s
+    inside = [(t, c) for t, c in history if start <= t <= end]
+    if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
+        return {}
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    return {"window_s": t1 - t0,
+            "cores": {k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / (t1 - t0) for k in c1}}
+
+
+def role_of(cmdline: list[str]) -> str:
+    """What a process of a run is, from its command line (Ray titles its workers
+    ``ray::<Actor>.<method>``)."""
+    first = cmdline[0] if cmdline else ""
+    for prefix, role in _ROLES:
+        if first.startswith(prefix):
+            return role
+    text = " ".join(cmdline[:3])
+    for part, role in (("raylet", "ray: raylet"), ("gcs_server", "ray: gcs"),
+                       ("dashboard", "ray: agents"), ("runtime_env", "ray: agents"),
+                       ("log_monitor", "ray: agents"), ("monitor.py", "ray: agents")):
+        if part in text:
+            return role
+    return "driver and other"
 
 
 def reap_leftovers(grace_s: float = 20.0) -> int:
@@ -287,6 +346,7 @@ def measure(cmd: list[str], log: Path, broker_pid: int | None = None) -> Measure
         if group is not None:
             group.remove()
     return Measured(rc=rc, wall_s=wall, cpu_s=cpu, cpu_rusage_s=rusage, cpu_seen_s=seen,
+                    cpu_by_role=tree.cpu_by_role(), steady=steady_cpu(tree.history),
                     cpu_method="cgroup" if group else "max(rusage, sampled)",
                     peak_rss_mib=tree.peak / 2**20, leftovers=leftovers,
                     broker_cpu_s=process_cpu_s(broker_pid) - broker0 if broker_pid else None,
@@ -374,6 +434,7 @@ def to_row(system: str, model: str, m: Measured, events: int, rate: float,
                peak_rss_mib=m.peak_rss_mib, wall_s=m.wall_s, broker_cpu_s=m.broker_cpu_s,
                error=None if m.rc == 0 else f"exit {m.rc} (log: {m.log})",
                extra={"cpu_s": m.cpu_s, "cpu_method": m.cpu_method,
+                      "cpu_by_role": m.cpu_by_role, "steady": m.steady,
                       "cpu_rusage_s": m.cpu_rusage_s, "cpu_seen_s": m.cpu_seen_s,
                       "leftover_processes_ended": m.leftovers})
 
@@ -722,6 +783,30 @@ def main() -> None:
     print_report(report, rows, args)
 
 
+def marginal_cpu(rows: list[Row]) -> str:
+    """Where riffle's cores go, role by role, while it runs at full speed: CPU cores used per
+    role over the busy window (steady_cpu), and the CPU us per event that makes at the run's
+    events/s."""
+    out = ["\nriffle at full speed, CPU by role while the ingest actors were busy "
+           "(us per event = cores / events per s; sampled per process every 0.25 s):\n",
+           "| system | model | " + " | ".join(ROLE_ORDER) + " | total |",
+           "|---|---|" + "---:|" * (len(ROLE_ORDER) + 1)]
+    for r in rows:
+        cores = (r.extra.get("steady") or {}).get("cores")
+        if not r.system.startswith("riffle-") or r.system == "riffle-cores" or not cores \
+                or r.error or not r.events_per_s:
+            continue
+        per = {k: cores.get(k, 0.0) / r.events_per_s * 1e6 for k in ROLE_ORDER}
+        out.append(f"| {r.system} | {r.model} | "
+                   + " | ".join(f"{per[k]:.1f}" for k in ROLE_ORDER)
+                   + f" | {sum(per.values()):.1f} ({sum(cores.values()):.2f} cores) |")
+    return "\n".join(out)
+
+
+ROLE_ORDER = ("ingest actors", "scorer actors", "sink actor", "supervisor", "ray: raylet",
+              "ray: gcs", "ray: agents", "ray idle worker", "driver and other")
+
+
 def print_report(report: dict[str, Any], rows: list[Row], args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers.json").write_text(json.dumps(report, indent=2))
@@ -738,6 +823,7 @@ def print_report(report: dict[str, Any], rows: list[Row], args: argparse.Namespa
               f"{fc['ray_floor_s']:.1f} s; `riffle run` of 2,000 events {fc['riffle_2k_s']:.1f} s "
               f"({fc['over_floor_s']:+.1f} s over the floor; target floor + 3 s: "
               f"{'met' if fc['target_met'] else 'not met'})")
+    print(marginal_cpu(rows))
     print(f"\n{args.out / 'peers.json'}, {args.out / 'peers.png'}; "
           f"whole run {report['total_s']:.0f} s")
 
