@@ -1,7 +1,7 @@
 # riffle: one command to set up and run, one to set up and test.
 #   make run    set up, then run the embedded default pipeline (configs/local.yaml)
 #   make test   set up, then lint, type-check and run every test (starts the Kafka broker)
-#   make bench  the benchmark of the README's Performance section
+#   make bench  the benchmark of the README's Performance section (riffle beside its peers)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -47,7 +47,8 @@ test: setup test-deps lint
 	RIFFLE_PYTHON=$(abspath $(PY)) $(PY) -m pytest
 
 bench: setup
-	$(PY) scripts/bench.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) scripts/bench_peers.py
 
 kafka-start: setup
 	RIFFLE_PYTHON=$(abspath $(PY)) bash scripts/kafka.sh start
