@@ -18,10 +18,10 @@ synthetic events and their labels, 20 events later) runs as a process of its own
 same cores. Beside each latency: the CPU seconds of the feed (its own rusage), of the
 pipeline (the driver and every process Ray started, sampled) and of the broker.
 
-Ray starts as `riffle run` starts it (``actors.driver.ensure_ray``). Ray runs its worker
-processes, so every riffle actor, at nice 15: on cores it shares with the feed and the
-broker (nice 0), the pipeline gets the CPU they leave. ``--worker-niceness 0`` sets
-``RAY_worker_niceness`` before Ray starts, to measure the pipeline at the feed's priority.
+Ray starts as `riffle run` starts it (``actors.driver.ensure_ray``). Ray's default runs its
+worker processes, so every riffle actor, at nice 15: on cores it shares with the feed and
+the broker (nice 0), the pipeline got only the CPU they left; so ``ensure_ray`` sets
+``RAY_worker_niceness=0`` for a local Ray. ``--worker-niceness 15`` measures Ray's default.
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def main() -> None:
                     help="riffle: `riffle produce` (kafka-python); light: pre-generated, sent "
                     "by confluent-kafka (the bench extra)")
     ap.add_argument("--worker-niceness", type=int,
-                    help="RAY_worker_niceness for this run's Ray (default: Ray's, 15)")
+                    help="RAY_worker_niceness for this run's Ray (default: riffle's, 0)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every pipeline, e.g. ingest.linger_s=0.002")
     args = ap.parse_args()
@@ -392,7 +392,7 @@ def main() -> None:
     if args.worker_niceness is not None:
         os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
     ensure_ray(2)
-    niceness = os.environ.get("RAY_worker_niceness", "15 (Ray's default)")
+    niceness = os.environ.get("RAY_worker_niceness", "0 (riffle's default)")
     tag = uuid.uuid4().hex[:8]
     bpid = broker_pid(bootstrap)
     rows = []
