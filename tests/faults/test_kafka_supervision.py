@@ -285,7 +285,10 @@ def start_run() -> Iterator[Callable[[PipelineConfig], Run]]:
             pass
 
 
-N_FAULTS = 24_000
+# Enough that all three faults land mid-stream, each after the previous restart has
+# checkpointed: with the lean hot path a run of 24,000 was read to its end before the
+# sink's kill, and no checkpoint came after that restart (nothing left to read).
+N_FAULTS = 80_000
 
 
 def test_kafka_ingest_and_sink_killed_and_a_hung_scorer_each_restart_from_the_checkpoint(
