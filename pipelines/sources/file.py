@@ -32,7 +32,7 @@ _ABSENT: Any = object()
 def split_row(
     row: dict[str, Any], cfg: FileSourceConfig
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A flat row as ``(event payload, feedback payload or None)``.
+    """A flat row as ``(event payload, feedback payload or None)``; takes ``row`` over.
 
     Columns other than id, key, time and label are features (or, with a feature
     list, unknown fields that validation rejects).
@@ -44,31 +44,35 @@ def split_row(
     >>> feedback
     {'record_id': 'r1', 'key': 'k', 'label': True}
     """
+    # The row is taken over: its reserved columns are popped off and, without a feature
+    # list, what remains is the features dict itself (no copy: this runs for every line).
     event: dict[str, Any] = {}
-    id_col, key_col, time_col, label_col = (cfg.id_column, cfg.key_column, cfg.time_column,
-                                            cfg.label_column)
-    if id_col in row:
-        event["record_id"] = row[id_col]
-    if key_col in row:
-        event["key"] = row[key_col]
-    if time_col is not None and time_col in row:
-        event["event_time"] = row[time_col]
+    record_id = row.pop(cfg.id_column, _ABSENT)
+    if record_id is not _ABSENT:
+        event["record_id"] = record_id
+    key = row.pop(cfg.key_column, _ABSENT)
+    if key is not _ABSENT:
+        event["key"] = key
+    time_col = cfg.time_column
+    event_time = row.pop(time_col, _ABSENT) if time_col is not None else _ABSENT
+    if event_time is not _ABSENT:
+        event["event_time"] = event_time
     feedback: dict[str, Any] | None = None
-    if label_col is not None:
-        label = row.get(label_col)
+    if cfg.label_column is not None:
+        label = row.pop(cfg.label_column, None)
         # Only a row that names its record can produce feedback; an unlabeled row has none.
-        if label is not None and isinstance(event.get("record_id"), str | int):
-            feedback = {k: event[k] for k in ("record_id", "key", "event_time") if k in event}
+        if label is not None and isinstance(record_id, str | int):
+            feedback = {"record_id": record_id}
+            if key is not _ABSENT:
+                feedback["key"] = key
+            if event_time is not _ABSENT:
+                feedback["event_time"] = event_time
             feedback["label"] = label
-    reserved = (id_col, key_col, time_col, label_col)
     if cfg.features is None:
-        event["features"] = {k: v for k, v in row.items() if k not in reserved}
+        event["features"] = row
     else:
-        wanted = cfg.features
-        event["features"] = {f: row[f] for f in wanted if f in row}
-        for k, v in row.items():  # unknown columns: validation names them
-            if k not in reserved and k not in event["features"]:
-                event[k] = v
+        event["features"] = {f: row.pop(f) for f in cfg.features if f in row}
+        event.update(row)  # unknown columns: validation names them
     return event, feedback
 
 
@@ -181,8 +185,7 @@ class FileReader:
             return
         logs, n_parts, line_no = self._logs, cfg.partitions, self._line_no
         one = next(iter(logs.values())) if n_parts == 1 and len(logs) == 1 else None
-        id_col, key_col, time_col, label_col = (cfg.id_column, cfg.key_column, cfg.time_column,
-                                                cfg.label_column)
+        key_col = cfg.key_column
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         for line in lines:
             if line[-1:] == b"\r":
@@ -196,37 +199,16 @@ class FileReader:
                 self._line_no = line_no - 1
                 self._consume_slow(line, now)
                 continue
-            key = row.get(key_col)
             if one is not None:
                 log = one
             else:
+                key = row.get(key_col)
                 part = (partition_of(key if type(key) is str else str(key), n_parts)
                         if isinstance(key, str | int) else (line_no - 1) % n_parts)
                 log = logs.get(part)  # type: ignore[assignment]
                 if log is None:
                     continue
-            # The row itself becomes the features (the reserved columns popped off it).
-            event: dict[str, Any] = {}
-            record_id = row.pop(id_col, _ABSENT)
-            if record_id is not _ABSENT:
-                event["record_id"] = record_id
-            key = row.pop(key_col, _ABSENT)
-            if key is not _ABSENT:
-                event["key"] = key
-            event_time = row.pop(time_col, _ABSENT) if time_col is not None else _ABSENT
-            if event_time is not _ABSENT:
-                event["event_time"] = event_time
-            feedback = None
-            if label_col is not None:
-                label = row.pop(label_col, None)
-                # Only a row that names its record can produce feedback.
-                if label is not None and isinstance(record_id, str | int):
-                    feedback = {"record_id": record_id, "label": label}
-                    if key is not _ABSENT:
-                        feedback["key"] = key
-                    if event_time is not _ABSENT:
-                        feedback["event_time"] = event_time
-            event["features"] = row
+            event, feedback = split_row(row, cfg)
             log.append_event(event, feedback=feedback, now=now, raw=line)
         self._line_no = line_no
 
