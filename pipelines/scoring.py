@@ -111,7 +111,7 @@ class ScorerCore:
         hold, match, learn = self.labels.add, self.labels.match, self._learn
         name, checkpoint, dumps, clock = self.name, self.checkpoint, orjson.dumps, time.time
         timer, new = time.perf_counter, tuple.__new__
-        progressive, window, learners = self._metrics.update, self._window, self._learners
+        observe, learners = self._observe, self._learners
         learn_one = model.learn_one
         n_scored = n_feedback = n_learned = 0
         spent_total = spent_max = 0.0
@@ -150,13 +150,7 @@ class ScorerCore:
                 # _learn(), inlined for the one-arm case: metrics, window, then learning.
                 y_pred = held.y_pred
                 if y_pred is not None and y_pred != {}:
-                    hit = progressive(label, y_pred, held.prediction)
-                    win = self._window_now
-                    if win[0] == window:
-                        win = self._window_now = [0, 0.0]
-                        self._windows.append(win)
-                    win[0] += 1
-                    win[1] += hit if classifier else -hit
+                    observe(label, y_pred, held.prediction)
                 features = held.features
                 for arm in learners:  # the warm previous version learns too
                     try:
@@ -287,13 +281,7 @@ class ScorerCore:
         y_pred, prediction = held.y_pred, held.prediction
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
-            hit = self._metrics.update(label, y_pred, prediction)
-            win = self._window_now
-            if win[0] == self._window:
-                win = self._window_now = [0, 0.0]
-                self._windows.append(win)
-            win[0] += 1
-            win[1] += -hit if self.task == "regression" else hit
+            self._observe(label, y_pred, prediction)
         # Per-arm quality only matters beside another arm (one arm's is the pipeline's).
         if self._compare:
             gain = held.arm.observe(label, y_pred, prediction)
@@ -314,6 +302,16 @@ class ScorerCore:
             self._learn_error(item, label, e, dead)
             return
         self.counts["learned"] += 1
+
+    def _observe(self, label: Any, y_pred: Any, prediction: Any) -> None:
+        """A served prediction's label: the pipeline's metrics and its window by count."""
+        hit = self._metrics.update(label, y_pred, prediction)
+        win = self._window_now
+        if win[0] == self._window:
+            win = self._window_now = [0, 0.0]
+            self._windows.append(win)
+        win[0] += 1
+        win[1] += -hit if self.task == "regression" else hit
 
     def _learn_error(self, item: Event | Feedback, label: Any, error: Exception,
                      dead: list[DeadLetter]) -> None:
