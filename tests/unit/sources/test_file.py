@@ -17,6 +17,17 @@ def drain(reader: Any, max_n: int = 97) -> list[SourceMessage]:
     return out
 
 
+def assert_resume_continues(cfg: Any, partitions: list[int], n_first: int) -> None:
+    """Read ``n_first`` messages, resume a new reader from the first's positions: together
+    they give exactly the messages of one uninterrupted read (same offsets, same records)."""
+    full = drain(open_reader(cfg, partitions))
+    first = open_reader(cfg, partitions)
+    head = first.read(n_first)
+    rest = drain(open_reader(cfg, partitions, positions=first.positions()))
+    key = lambda m: (m.partition, m.offset, m.kind, m.payload["record_id"])  # noqa: E731
+    assert sorted(map(key, head + rest)) == sorted(map(key, full))
+
+
 def _file_cfg(path: Path, **kw: Any) -> FileSourceConfig:
     return FileSourceConfig(kind="file", path=path, **kw)
 
@@ -85,9 +96,4 @@ def test_file_reader_resume_skips_what_came_before_the_positions(tmp_path: Path)
     path.write_text("".join(f'{{"record_id": "r{i}", "key": "k{i}", "label": 1}}\n'
                             for i in range(300)))
     cfg = _file_cfg(path, partitions=2, label_column="label", label_delay_events=3)
-    full = drain(FileReader(cfg, [0, 1]))
-    first = FileReader(cfg, [0, 1])
-    head = first.read(40)
-    rest = drain(FileReader(cfg, [0, 1], positions=first.positions()))
-    key = lambda m: (m.partition, m.offset, m.kind, m.payload["record_id"])  # noqa: E731
-    assert sorted(map(key, head + rest)) == sorted(map(key, full))
+    assert_resume_continues(cfg, [0, 1], n_first=40)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipelines.config import SyntheticSourceConfig
 from pipelines.sources import open_reader, partition_of
-from tests.unit.sources.test_file import drain
+from tests.unit.sources.test_file import assert_resume_continues, drain
 
 
 def test_synthetic_partitions_hold_only_their_keys_and_split_all_events() -> None:
@@ -40,12 +40,7 @@ def test_synthetic_every_event_gets_exactly_one_label_after_its_delay() -> None:
 def test_synthetic_resume_from_positions_continues_identically() -> None:
     cfg = SyntheticSourceConfig(kind="synthetic", partitions=2, n_events=400,
                                 label_delay_events=3)
-    full = drain(open_reader(cfg, [0, 1]))
-    first = open_reader(cfg, [0, 1])
-    head = first.read(50)
-    resumed = drain(open_reader(cfg, [0, 1], positions=first.positions()))
-    key = lambda m: (m.partition, m.offset, m.kind, m.payload["record_id"])  # noqa: E731
-    assert sorted(map(key, head + resumed)) == sorted(map(key, full))
+    assert_resume_continues(cfg, [0, 1], n_first=50)
 
 
 def test_synthetic_rate_limit_bounds_events_per_read() -> None:
