@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from actors.control import ControlPath
+from pipelines.audit.trail import AuditStore
 from pipelines.checkpoint import CheckpointStore, Manifest, checkpoint_id
 from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, cause_line
@@ -57,6 +58,27 @@ class Checkpointer:
         """Source positions where the run started (Kafka): the base of every checkpoint's."""
         self.history: list[CheckpointStats] = []
         self.n_taken = 0
+        self._audit = AuditStore(store.url) if config.audit.enabled else None
+        """The audit trail's store: its segments are committed with the checkpoints."""
+
+    def prepare_audit(self) -> None:
+        """Before any actor runs: index the committed checkpoints whose audit index a
+        crash left unwritten, and discard the segments no checkpoint committed."""
+        if self._audit is None:
+            return
+        self._audit.reconcile(self._store.manifests())
+        self.discard_uncommitted()
+
+    def discard_uncommitted(self) -> None:
+        """After a failure, before the replay: the segments written since the last
+        committed checkpoint are never committed (the replay writes their rows anew)."""
+        if self._audit is None:
+            return
+        gone = self._audit.discard_uncommitted()
+        if gone:
+            self._log.record("audit_discarded", "supervisor",
+                             f"{len(gone)} uncommitted audit segments discarded",
+                             segments=len(gone))
 
     def positions(self) -> dict[str, int]:
         """Positions a new checkpoint starts from: its predecessor's (a Kafka partition
@@ -107,7 +129,7 @@ class Checkpointer:
                                        + max((p.write_s for p in scorer_parts), default=0.0))
         self._note(manifest, pause, duration)
         try:
-            await asyncio.gather(*(s.committed.remote(ckpt) for s in scorers))
+            await asyncio.gather(*(s.committed.remote(ckpt, seq) for s in scorers))
         except ray.exceptions.RayError as e:  # a scorer died just after the commit
             raise ActorFailed("supervisor", f"after checkpoint {ckpt}: {cause_line(e)}") from None
         return manifest
@@ -126,7 +148,7 @@ class Checkpointer:
             positions.update(p.positions)
         manifest = await self._commit(seq, ckpt, ingest_parts, scorer_parts, positions,
                                       sum(s["events"] for s in stats), final=True)
-        await asyncio.gather(*(s.committed.remote(ckpt) for s in scorers))
+        await asyncio.gather(*(s.committed.remote(ckpt, seq) for s in scorers))
         self._note(manifest, 0.0, time.monotonic() - started)
 
     async def _commit(self, seq: int, ckpt: str, ingest: list[IngestPart],
@@ -138,9 +160,13 @@ class Checkpointer:
                             parts={p.name: p.part for p in (*ingest, *scorers)},
                             events_read=events, final=final,
                             deployment=deployment_to_json(self._control.deployment),
-                            control_position=self._control.position)
+                            control_position=self._control.position,
+                            segments=[s for p in scorers for s in p.segments])
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._store.commit, manifest)
+        if self._audit is not None and manifest.segments:  # the index outlives pruning
+            await loop.run_in_executor(None, self._audit.commit_index, manifest.id, seq,
+                                       manifest.segments, manifest.created_at)
         parent, self.manifest = self.manifest, manifest
         await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
         await loop.run_in_executor(None, self._register, manifest, parent, scorers)

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from pipelines.allocator import pin_mmap_threshold, tune_gc
+from pipelines.audit.trail import AuditStore, SegmentWriter
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
@@ -32,7 +33,10 @@ class ScorerActor:
                  generation: int = 0, store_url: str | None = None,
                  restore: Manifest | None = None, drills: list[str] | None = None,
                  deployment: Deployment | None = None,
-                 artifacts: dict[str, bytes] | None = None) -> None:
+                 artifacts: dict[str, bytes] | None = None,
+                 audit_rows: int | None = None) -> None:
+        """``audit_rows``: keep the audit trail and training log, in segments of this
+        many rows (None: keep none; they need a checkpoint store)."""
         pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         self._drills = Drills(drills or [], name)
         self._drills.fire("start")
@@ -40,6 +44,9 @@ class ScorerActor:
         self._name = name
         self._window = metrics_window
         self._store = CheckpointStore(store_url) if store_url else None
+        self._audit_store = AuditStore(store_url) if store_url and audit_rows else None
+        self._audit_rows = audit_rows or 0
+        self._writer: SegmentWriter | None = None
         self.reset(generation, restore, deployment, artifacts)
         tune_gc()  # the imports and the model out of the collector's sight (pipelines.allocator)
 
@@ -51,7 +58,13 @@ class ScorerActor:
         ``deployment`` (the one in force, which may be newer than the checkpoint's)."""
         self._generation = generation
         self._barriers: Counter[str] = Counter()
-        self._core = ScorerCore(self._config, name=self._name, metrics_window=self._window)
+        self._core = ScorerCore(self._config, name=self._name, metrics_window=self._window,
+                                audit=self._audit_store is not None)
+        if self._writer is not None:  # what the old generation wrote is never committed
+            self._writer.close()
+        self._writer = None if self._audit_store is None else SegmentWriter(
+            self._audit_store, scorer=self._name, generation=generation,
+            rows_per_segment=self._audit_rows)
         if restore is not None:
             assert self._store is not None
             self._core.restore(loads_state(self._store.read_part(restore, self._name)))
@@ -78,7 +91,12 @@ class ScorerActor:
         """An encoded Batch: events scored, feedback learned, in arrival order."""
         if generation != self._generation:  # sent before a restart: replayed anew
             return _NOTHING
-        return self._core.process(decode_batch(data))
+        out = self._core.process(decode_batch(data))
+        rows = self._core.audit
+        if rows is not None and len(rows) >= self._audit_rows:
+            assert self._writer is not None
+            self._writer.flush(rows, self._core.checkpoint)
+        return out
 
     def barrier(self, barrier: Barrier, generation: int = 0) -> ScorerPart | None:
         """One input's barrier; at the last of ``n_inputs``, write this scorer's part."""
@@ -94,6 +112,10 @@ class ScorerActor:
     def _write_part(self, ckpt: str, seq: int) -> ScorerPart:
         assert self._store is not None, "checkpoint barrier without a checkpoint store"
         started = time.monotonic()
+        segments = []
+        if self._writer is not None:
+            assert self._core.audit is not None
+            segments = self._writer.barrier(self._core.audit, self._core.checkpoint, seq)
         blob = dumps_state(self._core.snapshot())
         if self._drills.armed("checkpoint", seq):
             # Half a part on disk, then the process dies: the drill of a crash mid-checkpoint.
@@ -103,11 +125,14 @@ class ScorerActor:
         # The time this scorer spent on it instead of scoring: its share of the pause.
         stats = self._core.stats()
         return ScorerPart(self._core.name, part, time.monotonic() - started,
-                          stats["learned"], stats["n_metric"], stats["metrics"])
+                          stats["learned"], stats["n_metric"], stats["metrics"], segments)
 
-    def committed(self, ckpt: str) -> None:
-        """The checkpoint is committed: predictions from now on name it."""
+    def committed(self, ckpt: str, seq: int = 0) -> None:
+        """The checkpoint is committed: predictions from now on name it, and the audit
+        segments it lists are no longer this scorer's to list."""
         self._core.checkpoint = ckpt
+        if self._writer is not None:
+            self._writer.committed(seq)
 
     def stats(self) -> dict[str, Any]:
         return self._core.stats()

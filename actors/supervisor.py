@@ -117,6 +117,7 @@ class Supervisor:
             self._checkpoints = Checkpointer(
                 cfg, store=store, log=self._log, control=self._control, registry=registry,
                 seq=seq, manifest=self._manifest, baseline=baseline)
+            await loop.run_in_executor(None, self._checkpoints.prepare_audit)
         self._started = time.time()
         try:
             await self._build(append=resume)
@@ -161,11 +162,15 @@ class Supervisor:
         cfg = self._config
 
         async def rewind_source() -> None:
-            if cfg.source.kind != "kafka" or self._checkpoints is None:
+            if self._checkpoints is None:
+                return
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._checkpoints.discard_uncommitted)
+            if cfg.source.kind != "kafka":
                 return
             # The group's commits ran ahead of the checkpoint: set them back to its positions.
             try:
-                await asyncio.get_running_loop().run_in_executor(
+                await loop.run_in_executor(
                     None, rewind_group, cfg.kafka, self._checkpoints.positions())
             except Exception as e:  # the broker is away: this restart fails, the next retries
                 raise ActorFailed(failed,

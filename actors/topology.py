@@ -166,7 +166,8 @@ class Topology:
             generation=self.generation, store_url=self._store_url,
             restore=restore, drills=cfg.runtime.fault_drills,
             deployment=self._control.deployment,
-            artifacts=self._control.artifacts_for(f"scorer-{index}"))
+            artifacts=self._control.artifacts_for(f"scorer-{index}"),
+            audit_rows=cfg.audit.segment_rows if cfg.audit.enabled else None)
 
     def _new_ingest(self, index: int, partitions: list[int],
                     restore: Manifest | None = None) -> Any:

@@ -38,6 +38,7 @@ import orjson
 from pyarrow import fs
 from pydantic import BaseModel, ConfigDict
 
+from pipelines.audit.trail import Segment
 from pipelines.config import CheckpointConfig
 from pipelines.errors import CheckpointError, DamagedCheckpoint
 from pipelines.storage import resolve
@@ -76,6 +77,10 @@ class Manifest(BaseModel):
     """The model deployment in force (arms, previous version) when it was taken."""
     control_position: int | None = None
     """The control stream's position after the last command applied before it."""
+    segments: list[Segment] = []
+    """The audit trail's and training log's segments it commits (pipelines.audit.trail)."""
+    access_log: dict[str, Any] | None = None
+    """The access log's tree head when it was taken: ``{"size": n, "root": hex}``."""
 
 
 def checkpoint_id(seq: int) -> str:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipelines.errors import ConfigError, format_validation_error
 
 __all__ = [
+    "AuditConfig",
     "CheckpointConfig",
     "ControlConfig",
     "DriftConfig",
@@ -331,6 +332,16 @@ class RegistryConfig(_Frozen):
     ``postgresql+psycopg://user@host/db``."""
 
 
+class AuditConfig(_Frozen):
+    """The audit trail (every decision) and the training log (every label learned):
+    Parquet segments under ``<checkpoint store>/audit/``, committed with checkpoints
+    (so kept only when checkpoints are)."""
+
+    enabled: bool = True
+    segment_rows: Annotated[int, Field(ge=1000)] = 100_000
+    """A scorer writes a segment once it holds this many rows (and at every checkpoint)."""
+
+
 class PromotionConfig(_Frozen):
     """When a candidate replaces the live model by itself (``mode: auto``).
 
@@ -444,6 +455,7 @@ class PipelineConfig(_Frozen):
     checkpoint: CheckpointConfig = CheckpointConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     registry: RegistryConfig = RegistryConfig()
+    audit: AuditConfig = AuditConfig()
     launch: LaunchConfig = LaunchConfig()
     control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()

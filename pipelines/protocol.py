@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipelines.errors import CommandError, format_validation_error
 
 if TYPE_CHECKING:  # the checkpoint store's own records (pydantic: they are written as JSON)
+    from pipelines.audit.trail import Segment
     from pipelines.checkpoint import Part
 
 __all__ = [
@@ -330,6 +331,8 @@ class ScorerPart(NamedTuple):
     learned: int
     n_metric: int
     metrics: dict[str, float]
+    segments: list[Segment] = []
+    """The audit segments written since the last committed checkpoint (never mutated)."""
 
 
 class IngestPart(NamedTuple):

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from pipelines.arms import Arm, Router
+from pipelines.audit.trail import AuditRows
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
 from pipelines.metrics import Progressive
@@ -35,7 +36,8 @@ _JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 class _Scored(NamedTuple):
-    features: dict[str, Any]
+    event: Event
+    """The scored event (its features are what the arms learn from)."""
     y_pred: Any
     """What the metrics compare with the label: the class probabilities (classifiers),
     else the predicted value."""
@@ -55,8 +57,10 @@ class ScorerCore:
     """One scorer's models (the arms of its deployment), pending labels and metrics."""
 
     def __init__(self, config: ScoringConfig, *, name: str, metrics_window: int | None = None,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, audit: bool = False) -> None:
         self.name = name
+        self.audit: AuditRows | None = AuditRows() if audit else None
+        """The audit trail's and training log's rows since the shell last took them."""
         model = build_model(config.model)
         self.task = task_of(model)
         self.checkpoint: str | None = None
@@ -71,7 +75,9 @@ class ScorerCore:
         self._window_now: list[float] = [self._window, 0.0]  # full: the first label opens one
         self._metrics = Progressive(self.task)
         """Of the served predictions (whichever arm served each)."""
-        self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0}
+        self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0,
+                       "examples": 0}
+        """``examples``: labeled examples learned by any arm (the training log's ``seq``)."""
         self._configure()
 
     @property
@@ -113,6 +119,10 @@ class ScorerCore:
         timer, new = time.perf_counter, tuple.__new__
         observe, learners = self._observe, self._learners
         learn_one = model.learn_one
+        counts, role = self.counts, live.role
+        audit = self.audit
+        trail = audit.trail.append if audit is not None else None
+        training = audit.training.append if audit is not None else None
         n_scored = n_feedback = n_learned = 0
         spent_total = spent_max = 0.0
         for item in batch.items:
@@ -129,15 +139,18 @@ class ScorerCore:
                     spent_max = spent
                 prediction = (max(score, key=score.get) if score else None) if classifier else score
                 n_scored += 1
+                now = clock()
                 lines.append(dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": version, "arm": arm_name,
                     "checkpoint": checkpoint, "scorer": name, "event_time": item.event_time,
-                    "scored_at": clock(), "partition": item.partition, "offset": item.offset,
+                    "scored_at": now, "partition": item.partition, "offset": item.offset,
                 }, option=_JSON))
                 keys.append(item.key)
                 read_at.append(item.read_at)
-                scored = new(_Scored, (item.features, score, prediction, live, None))
+                if trail is not None:
+                    trail((item, score, prediction, version, arm_name, role, now))
+                scored = new(_Scored, (item, score, prediction, live, None))
                 early = hold(item.record_id, scored)
                 if early is not None:  # its label came first
                     learn(item, scored, early[0], dead)
@@ -151,21 +164,31 @@ class ScorerCore:
                 y_pred = held.y_pred
                 if y_pred is not None and y_pred != {}:
                     observe(label, y_pred, held.prediction)
-                features = held.features
+                event = held.event
+                features = event.features
                 for arm in learners:  # the warm previous version learns too
                     try:
                         arm.model.learn_one(features, label)
                     except Exception:
                         arm.counts["errors"] += 1
+                    else:
+                        if training is not None:
+                            seq = counts["examples"]
+                            training((event, label, arm.version, arm.name, seq, clock()))
+                            counts["examples"] = seq + 1
                 try:
                     learn_one(features, label)
                 except Exception as e:
                     self._learn_error(item, label, e, dead)
                     continue
                 n_learned += 1
-        self.counts["scored"] += n_scored
-        self.counts["feedback"] += n_feedback
-        self.counts["learned"] += n_learned
+                if training is not None:
+                    seq = counts["examples"]
+                    training((event, label, version, arm_name, seq, clock()))
+                    counts["examples"] = seq + 1
+        counts["scored"] += n_scored
+        counts["feedback"] += n_feedback
+        counts["learned"] += n_learned
         live.counts["scored"] += n_scored
         lat = live.latency
         lat[0] += n_scored
@@ -200,19 +223,23 @@ class ScorerCore:
                     self._model_error(item, arm, e, dead)
                     continue
                 counts["scored"] += 1
+                now = time.time()
                 lines.append(orjson.dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": arm.version, "arm": arm.name,
                     "checkpoint": checkpoint, "scorer": name,
-                    "event_time": item.event_time, "scored_at": time.time(),
+                    "event_time": item.event_time, "scored_at": now,
                     "partition": item.partition, "offset": item.offset,
                 }, option=_JSON))
+                if self.audit is not None:
+                    self.audit.trail.append(
+                        (item, score, prediction, arm.version, arm.name, arm.role, now))
                 keys.append(item.key)
                 versions.append(arm.version)
                 read_at.append(item.read_at)
                 dark = self._shadow_scores(item, i, pre, shadows, classifier,
                                            shadow_lines) if shadows else None
-                scored = _Scored(item.features, score, prediction, arm, dark)
+                scored = _Scored(item, score, prediction, arm, dark)
                 early = labels.add(item.record_id, scored)
                 if early is not None:  # its label came first
                     self._learn(item, scored, early[0], dead)
@@ -269,11 +296,15 @@ class ScorerCore:
                 arm.counts["errors"] += 1
                 continue
             dark.append((arm, score, prediction))
+            now = time.time()
             out.append(orjson.dumps({
                 "record_id": item.record_id, "key": item.key, "score": score,
                 "prediction": prediction, "model_version": arm.version, "arm": arm.name,
-                "scorer": self.name, "event_time": item.event_time, "scored_at": time.time(),
+                "scorer": self.name, "event_time": item.event_time, "scored_at": now,
                 "partition": item.partition, "offset": item.offset}, option=_JSON))
+            if self.audit is not None:
+                self.audit.trail.append(
+                    (item, score, prediction, arm.version, arm.name, arm.role, now))
         return tuple(dark)
 
     def _learn(self, item: Event | Feedback, held: _Scored, label: Any,
@@ -290,18 +321,31 @@ class ScorerCore:
                     s_gain = arm.observe(label, s_pred, s_prediction)
                     if gain is not None and s_gain is not None:
                         arm.compare(s_gain, gain)
-        features = held.features
+        event = held.event
+        features = event.features
         for arm in self._learners:  # candidates and the warm previous version learn too
             try:
                 arm.model.learn_one(features, label)
             except Exception:
                 arm.counts["errors"] += 1
+            else:
+                self._logged(event, label, arm)
+        live = self.arms[0]
         try:
-            self.arms[0].model.learn_one(features, label)
+            live.model.learn_one(features, label)
         except Exception as e:
             self._learn_error(item, label, e, dead)
             return
         self.counts["learned"] += 1
+        self._logged(event, label, live)
+
+    def _logged(self, event: Event, label: Any, arm: Arm) -> None:
+        """The training log's row of an example ``arm`` learned (when the log is kept)."""
+        if self.audit is not None:
+            seq = self.counts["examples"]
+            self.audit.training.append(
+                (event, label, arm.version, arm.name, seq, time.time()))
+            self.counts["examples"] = seq + 1
 
     def _observe(self, label: Any, y_pred: Any, prediction: Any) -> None:
         """A served prediction's label: the pipeline's metrics and its window by count."""
@@ -373,6 +417,7 @@ class ScorerCore:
         """Continue from a :meth:`snapshot` (of a scorer of the same name and config)."""
         for name in self._STATE:
             setattr(self, name, state[name])
+        self.counts.setdefault("examples", 0)  # a checkpoint from before the training log
         self._window_now = self._windows[-1] if self._windows else [self._window, 0.0]
         self._configure()
 
