@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActorFailed",
+    "AuditError",
     "CheckpointError",
     "CommandError",
     "ConfigError",
@@ -74,6 +75,11 @@ class DamagedCheckpoint(CheckpointError):
 class RegistryError(RiffleError):
     """The model registry cannot be opened, or refused a request (unknown version,
     invalid lifecycle transition, an artifact that does not match its hash)."""
+
+
+class AuditError(RiffleError):
+    """The audit data cannot be read or written (the subject-hash salt, a recorded tree
+    head that is malformed)."""
 
 
 class LifecycleError(RiffleError):

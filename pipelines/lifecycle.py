@@ -290,7 +290,8 @@ class Lifecycle:
     def _refused(self, raw: bytes, channel: str, cmd: Command | None, error: str
                  ) -> NoReturn:
         self.n_rejected += 1
-        self._log(raw, channel, cmd, "rejected", error=error)
+        live = self.deployment.arms[0].version  # a refusal leaves it serving
+        self._log(raw, channel, cmd, "rejected", error=error, before=live, after=live)
         raise LifecycleError(error)
 
     def applied(self, prepared: Prepared, results: list[Applied]) -> dict[str, Any]:
@@ -308,7 +309,9 @@ class Lifecycle:
                    "deployment": deployment_to_json(self.deployment), **prepared.details}
         for version, kind in _events(cmd, before, self.deployment):
             self._record(version, kind, cmd, details)
-        self._log(prepared.raw, prepared.channel, cmd, "applied", **details)
+        self._log(prepared.raw, prepared.channel, cmd, "applied",
+                  before=before.arms[0].version, after=self.deployment.arms[0].version,
+                  **details)
         return details
 
     def _record(self, version: str, kind: str, cmd: Command, details: dict[str, Any]) -> None:
@@ -323,14 +326,17 @@ class Lifecycle:
                              reason=cmd.reason, **extra)
 
     def _log(self, raw: bytes, channel: str, cmd: Command | None, status: str,
-             error: str | None = None, **details: Any) -> None:
+             error: str | None = None, *, before: str, after: str, **details: Any) -> None:
+        """The command in the control log, and in the access log with the live version
+        ``before`` and ``after`` it and its reason."""
         if self.registry is None:
             return
         self.registry.log_command(
             status=status, raw=raw, channel=channel, pipeline=cmd.pipeline if cmd else None,
             command_id=cmd.id if cmd else None, op=cmd.op if cmd else None,
             version_id=cmd.version if cmd else None, actor=cmd.actor if cmd else None,
-            error=error, **details)
+            error=error, before=before, after=after, reason=cmd.reason if cmd else None,
+            **details)
 
 
 def _events(cmd: Command, before: Deployment, after: Deployment) -> list[tuple[str, str]]:

@@ -95,7 +95,7 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
             model_class=model.model_class, params=model.params, artifact_uri=uri,
             artifact_sha256=sha256_hex(blob), config_hash=config.config_hash(),
             data=DataManifest(sources={_source_name(where): (0, n_rows)}, n_learned=n_train),
-            metrics=metrics, actor=actor,
+            metrics=metrics, actor=actor, logged_as="train",
             rows=n_rows, holdout_rows=n_test, features=features,
             label_column=spec.label_column, task=task, reader="ray.data", format=fmt,
             steps=[public_name(type(step)) for _, step in estimator.steps],

@@ -6,10 +6,13 @@ it is (class, parameters, code version, config hash), what it learned from (sour
 position ranges, labeled examples), how good it was when registered, where its bytes
 are (an artifact URI and SHA-256 in the checkpoint store: loading verifies the hash),
 and every lifecycle event with its time, actor and reasons; and every command a running
-pipeline received on its control stream, applied or rejected. SQLite by default,
+pipeline received on its control stream, applied or rejected; and, in a tamper-evident
+log (a Merkle tree, :mod:`~pipelines.registry.access`), every one of these writes and
+every read of models and audit data. SQLite by default,
 PostgreSQL by URL; the schema is migrated with Alembic when a registry is opened.
 """
 
+from pipelines.registry.access import AccessEntry
 from pipelines.registry.migrate import RegistryError, head_revision
 from pipelines.registry.provenance import (
     CodeVersion,
@@ -38,6 +41,7 @@ __all__ = [
     "EVENT_KINDS",
     "MISSING",
     "RAW_MAX_CHARS",
+    "AccessEntry",
     "Change",
     "CodeVersion",
     "CommandRecord",

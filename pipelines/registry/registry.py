@@ -7,7 +7,10 @@ and loading verifies the hash. Opening a registry upgrades its schema to the hea
 revision. Refused requests (an invalid transition) are recorded too, as ``rejected``
 events, so the log shows what was attempted, by whom, and why it was refused.
 Every message of a pipeline's control stream is logged as well, applied or rejected
-(:meth:`Registry.log_command`), whether or not it could even be parsed.
+(:meth:`Registry.log_command`), whether or not it could even be parsed. And each of these
+writes appends an entry, in its own transaction, to the tamper-evident access and
+decision log (a Merkle tree: :mod:`pipelines.registry.access`), where reads of models and
+audit data are logged too (:meth:`Registry.log_access`).
 
 >>> import tempfile
 >>> reg = Registry(f"sqlite:///{tempfile.mkdtemp()}/registry.db")
@@ -26,6 +29,14 @@ pipelines.errors.RegistryError: local/sk-1 is retired: it cannot be promoted
 >>> reg.log_command(status="rejected", raw=b"{oops", channel="file:/tmp/c.jsonl@0",
 ...                 error="not JSON").error
 'not JSON'
+>>> reg.log_access("models.show", pipeline="local", target="local/sk-1", actor="ci")
+4
+>>> [e.action for e in reg.access_entries()]
+['register', 'retire', 'promote', 'command', 'models.show']
+>>> reg.access_entries(action="promote")[0].details["event"]
+'rejected'
+>>> reg.verify_access().ok, reg.access_head()[0]
+(True, 5)
 >>> reg.close()
 """
 
@@ -34,7 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -45,8 +56,12 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipelines.audit.ledger import ConsistencyProof, InclusionProof, TreeHead, Verification
 from pipelines.checkpoint import MANIFEST, CheckpointStore, Manifest
 from pipelines.errors import RegistryError, first_line, format_validation_error
+from pipelines.protocol import Op
+from pipelines.registry import access
+from pipelines.registry.access import AccessEntry
 from pipelines.registry.migrate import make_engine, upgrade
 from pipelines.registry.provenance import (
     CodeVersion,
@@ -73,6 +88,10 @@ EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 _STATUS_EVENTS = frozenset({"deployed", "shadowed", "canaried", "promoted", "rolled_back",
                             "retired"})
 _LIVE_EVENTS = ("deployed", "promoted")
+# What the access log calls each lifecycle event (a refusal: the action it refused).
+_ACTION_OF_EVENT = {"created": "register", "checkpointed": "checkpoint", "deployed": "deploy",
+                    "shadowed": "deploy", "canaried": "deploy", "promoted": "promote",
+                    "rolled_back": "rollback", "retired": "retire", "evaluated": "evaluate"}
 
 CommandStatus = Literal["applied", "rejected"]
 RAW_MAX_CHARS = 10_000
@@ -202,8 +221,10 @@ class Registry:
                  data: DataManifest | dict[str, Any] | None = None,
                  metrics: dict[str, Any] | None = None,
                  code: CodeVersion | Literal["auto"] | None = "auto",
-                 actor: str | None = None, **details: Any) -> ModelVersion:
-        """Record a new version and its ``created`` event (with ``details``).
+                 actor: str | None = None, logged_as: str = "register",
+                 **details: Any) -> ModelVersion:
+        """Record a new version and its ``created`` event (with ``details``), and its
+        access-log entry (action ``logged_as``: ``train`` for a model just trained).
 
         ``code="auto"`` asks git for the commit riffle runs from (None without git).
         """
@@ -238,8 +259,17 @@ class Registry:
                 raise RegistryError(f"{version_id}: unknown parent version {parent_id}")
             s.add(row)
             s.flush()
-            s.add(EventRow(version_id=version_id, kind="created", at=now, actor=who,
-                           details=details))
+            event = EventRow(version_id=version_id, kind="created", at=now, actor=who,
+                             details=details)
+            s.add(event)
+            s.flush()
+            access.append(s, logged_as, actor=who, pipeline=pipeline, target=version_id,
+                          reason=_reason(details),
+                          details={**_without_reason(details), "event": "created",
+                                   "event_id": event.id, "kind": kind,
+                                   "model_class": model_class, "parent_id": parent_id,
+                                   "artifact_sha256": artifact_sha256,
+                                   "config_hash": config_hash})
         return _version(row)
 
     def register_checkpoint(self, store_url: str, manifest: Manifest, *, model_class: str,
@@ -289,6 +319,7 @@ class Registry:
             if row is None:
                 raise RegistryError(f"unknown model version {version_id}")
             refusal = self._refusal(s, row, kind)
+            status_before = row.status
             if refusal is not None:
                 details = {"requested": kind, "error": refusal, **details}
                 kind = "rejected"
@@ -299,6 +330,11 @@ class Registry:
             s.add(event)
             s.flush()
             recorded = _event(event)
+            access.append(s, _event_action(kind, details), actor=who, pipeline=row.pipeline,
+                          target=version_id, reason=_reason(details),
+                          details={**_without_reason(details), "event": kind,
+                                   "event_id": event.id,
+                                   "status": [status_before, row.status]})
         if refusal is not None:
             raise RegistryError(refusal)
         return recorded
@@ -323,11 +359,14 @@ class Registry:
                     pipeline: str | None = None, command_id: str | None = None,
                     op: str | None = None, version_id: str | None = None,
                     actor: str | None = None, error: str | None = None,
-                    received_at: dt.datetime | None = None, **details: Any) -> CommandRecord:
+                    received_at: dt.datetime | None = None, before: str | None = None,
+                    after: str | None = None, reason: str | None = None,
+                    **details: Any) -> CommandRecord:
         """Log a control message and its outcome: ``applied``, or ``rejected`` with the
         ``error``. ``channel`` is where it was read, with its position
         (``kafka:riffle.models[0]@45``); ``details`` are plain JSON (the pause each
-        scorer took, the deployment after it).
+        scorer took, the deployment after it). Its access-log entry also has the live
+        version ``before`` and ``after`` it, and the command's ``reason``.
 
         The message is logged as received, whatever it holds: ``raw`` is kept to
         :data:`RAW_MAX_CHARS` characters (``details["raw_chars"]`` then has its full
@@ -355,7 +394,25 @@ class Registry:
         with self._tx() as s:
             s.add(row)
             s.flush()
+            access.append(s, _command_action(op, details), actor=actor or "(unknown)",
+                          pipeline=pipeline, target=version_id, before=before, after=after,
+                          reason=reason,
+                          details={**details, "status": status, "command_id": command_id,
+                                   "command_row": row.id, "channel": row.channel,
+                                   "raw_sha256": sha256_hex(text.encode()), "error": error})
             return _command(row)
+
+    def log_access(self, action: str, *, pipeline: str | None = None,
+                   target: str | None = None, before: str | None = None,
+                   after: str | None = None, reason: str | None = None,
+                   actor: str | None = None, **details: Any) -> int:
+        """Append an entry to the access and decision log (``actor``: the OS user unless
+        named); returns its index. ``details`` are plain JSON; a data subject's key only
+        as :func:`pipelines.audit.subjects.subject_hash`."""
+        with self._tx() as s:
+            return access.append(s, action, actor=actor or default_actor(),
+                                 pipeline=pipeline, target=target, before=before,
+                                 after=after, reason=reason, details=details)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -370,6 +427,44 @@ class Registry:
             query = query.limit(max(limit, 0))
         with self._tx() as s:
             return [_command(row) for row in s.scalars(query)][::-1]
+
+    def access_head(self) -> tuple[int, str]:
+        """The access log's tree head: (number of entries, root as hex)."""
+        with self._tx() as s:
+            return access.head(s)
+
+    def access_entries(self, *, pipeline: str | None = None, target: str | None = None,
+                       action: str | None = None, limit: int | None = None
+                       ) -> list[AccessEntry]:
+        """The access log's entries (about ``pipeline``, ``target``, ``action``), oldest
+        first; with ``limit``, the latest ``limit``."""
+        with self._tx() as s:
+            return access.entries(s, pipeline=pipeline, target=target, action=action,
+                                  limit=limit)
+
+    def verify_access(self, size: int | None = None, root: str | None = None, *,
+                      heads: Iterable[TreeHead] = ()) -> Verification:
+        """Recompute the access log from its entries and check it against the head
+        (``size``, ``root``) recorded earlier, and any other recorded ``heads``: the
+        result names the first entry edited, deleted, inserted or reordered, or a
+        truncated tail (``.finding``; None when all is well)."""
+        if (size is None) != (root is None):
+            raise RegistryError("access log: a recorded head is a size and a root, both")
+        given = [TreeHead(size, root, "the head given")] if size is not None and root else []
+        with self._tx() as s:
+            return access.verify(s, [*heads, *given])
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+        """An inclusion proof of entry ``index`` in the tree of the first ``size``
+        entries (default: all), from the entries as they are now."""
+        with self._tx() as s:
+            return access.inclusion(s, index, size)
+
+    def consistency_proof(self, m: int, n: int | None = None) -> ConsistencyProof:
+        """A consistency proof from the tree of the first ``m`` entries to the first
+        ``n`` (default: all), from the entries as they are now."""
+        with self._tx() as s:
+            return access.consistency(s, m, n)
 
 
     def get(self, version_id: str) -> ModelVersion:
@@ -436,6 +531,35 @@ class Registry:
             raise RegistryError(f"{version_id}: artifact {v.artifact_uri} is not the manifest "
                                 f"of checkpoint {manifest.id}")
         return CheckpointStore(v.artifact_uri.removesuffix(suffix)), manifest
+
+
+def _reason(details: dict[str, Any]) -> str | None:
+    reason = details.get("reason")
+    return reason if isinstance(reason, str) else None
+
+
+def _without_reason(details: dict[str, Any]) -> dict[str, Any]:
+    """The details but a string reason (the access log has a column for it)."""
+    return {k: v for k, v in details.items() if not (k == "reason" and isinstance(v, str))}
+
+
+def _event_action(kind: str, details: dict[str, Any]) -> str:
+    """The access log's action for a lifecycle event: a refusal is logged as the action
+    refused; an automatic decision's action starts with ``auto-``."""
+    if kind == "rejected":
+        return _ACTION_OF_EVENT.get(str(details.get("requested")), "lifecycle")
+    return ("auto-" if _automatic(details) else "") + _ACTION_OF_EVENT.get(kind, "lifecycle")
+
+
+def _command_action(op: str | None, details: dict[str, Any]) -> str:
+    action = ("auto-" if _automatic(details) else "") + (op or "").replace("_", "-")
+    # A message that could not be parsed (or names no op riffle knows) is a "command".
+    return action if op in get_args(Op) else "command"
+
+
+def _automatic(details: dict[str, Any]) -> bool:
+    decision = details.get("decision")
+    return isinstance(decision, dict) and decision.get("auto") is True
 
 
 def _check_json(version_id: str, **fields: dict[str, Any]) -> None:

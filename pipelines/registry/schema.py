@@ -1,5 +1,5 @@
 """The registry's tables as SQLAlchemy 2.0 ORM classes: model versions, their lifecycle,
-and the log of control commands.
+the log of control commands, and the access and decision log (a Merkle tree's leaves).
 
 These classes describe the schema at the *head* migration; the migrations in
 ``migrations/versions`` are what creates and upgrades it (a test checks that the two
@@ -11,12 +11,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "CommandRow", "EventRow", "UTCDateTime", "VersionRow"]
+__all__ = ["AccessHeadRow", "AccessRow", "Base", "CommandRow", "EventRow", "UTCDateTime",
+           "VersionRow"]
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -110,3 +121,36 @@ class CommandRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]]
+
+
+class AccessRow(Base):
+    """Revision 0004: one entry of the access and decision log (append-only; indexes run
+    0, 1, 2, ... without gaps). ``leaf_hash`` is SHA-256(0x00 || the entry's canonical
+    bytes) in hex, written when it was appended (see :mod:`pipelines.audit.ledger`)."""
+
+    __tablename__ = "access_log"
+
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    pipeline: Mapped[str | None] = mapped_column(String(100), index=True)
+    target: Mapped[str | None] = mapped_column(String(200), index=True)
+    version_before: Mapped[str | None] = mapped_column(String(200))
+    version_after: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AccessHeadRow(Base):
+    """Revision 0004: the log's tree head after its last entry, and the frontier (the
+    perfect subtrees' roots) that the next append extends: one row, ``id`` 1, locked by
+    every appender. A cache of what the entries hash to, never trusted by verification."""
+
+    __tablename__ = "access_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(64))
+    frontier: Mapped[list[str]] = mapped_column(JSON)

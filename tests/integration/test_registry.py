@@ -452,7 +452,7 @@ def _assert_schema_is_head(url: str) -> None:
     engine = make_engine(url)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        assert ctx.get_current_heads() == ("0003",)
+        assert ctx.get_current_heads() == ("0004",)
         # The migrated schema is the one the ORM describes.
         ctx = MigrationContext.configure(conn, opts={"compare_type": True,
                                                     "version_table": VERSION_TABLE})
@@ -467,7 +467,7 @@ def test_registry_from_revision_0001_upgrades_in_place(db_url: str) -> None:
     _insert_old(db_url, "p/sk-new", [])
 
     with Registry(db_url) as registry:
-        assert registry.schema_revision == head_revision() == "0003"
+        assert registry.schema_revision == head_revision() == "0004"
         live = registry.get("p/sk-live")
         assert (live.params, live.metrics, live.created_by) == ({"C": 2.0}, {"accuracy": 0.7},
                                                                 "old-riffle")
@@ -491,7 +491,7 @@ def test_registry_from_revision_0002_upgrades_in_place_with_a_control_log(db_url
     _insert_old(db_url, "p/sk-gone", ["deployed", "retired"], status="retired")
 
     with Registry(db_url) as registry:
-        assert registry.schema_revision == head_revision() == "0003"
+        assert registry.schema_revision == head_revision() == "0004"
         live = registry.get("p/sk-live")
         assert (live.params, live.metrics, live.created_by, live.status) == (
             {"C": 2.0}, {"accuracy": 0.7}, "old-riffle", "promoted")
