@@ -10,7 +10,9 @@ exactly the coefficients of a run without faults. Each test checks
 - duplicates (records predicted twice) exist only after the positions of the
   checkpoint that the restart restored;
 - every prediction, including those replayed after the restart, equals the fault-free
-  run's, and so does the final model (same weights, same scaler statistics).
+  run's, and so does the final model (same weights, same scaler statistics);
+- the committed audit trail and training log hold every record exactly once, and their
+  rows equal the fault-free run's (all but the times and the checkpoint they name).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import ray
 import yaml
 
 from actors.driver import run_pipeline
+from pipelines.audit.query import AuditQuery
 from pipelines.checkpoint import CheckpointStore, loads_state
 from pipelines.config import PipelineConfig
 from pipelines.scoring import live_model_of
@@ -134,6 +137,37 @@ def final_models(out: Path) -> dict[str, dict[str, Any]]:
     return models
 
 
+_TRAIL = ("record_id", "key", "partition", "offset", "model_version", "arm",
+          "role", "scorer", "features", "score", "prediction")
+_TRAINING = ("record_id", "key", "partition", "offset", "label", "model_version", "arm",
+             "scorer", "seq")
+
+
+def audit_rows(out: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The committed audit trail and training log, without times and checkpoint names
+    (those differ from run to run), sorted."""
+    def select(view: str, columns: tuple[str, ...]) -> str:
+        return f"SELECT {', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)} FROM {view}"
+
+    with AuditQuery(str(out / "checkpoints")) as q:
+        return {"trail": sorted(q.con.execute(select("trail", _TRAIL)).fetchall()),
+                "training": sorted(q.con.execute(select("training", _TRAINING)).fetchall())}
+
+
+def check_audit(out: Path, reference: dict[str, Any]) -> None:
+    """Exactly once, and the fault-free run's rows."""
+    got = audit_rows(out)
+    for kind, rows in got.items():
+        ids = Counter(r[0] for r in rows)
+        twice = [rid for rid, n in ids.items() if n > 1]
+        assert not twice, f"{kind}: {len(twice)} records more than once, e.g. {twice[:3]}"
+        assert len(ids) == N_EVENTS, f"{kind}: {len(ids)} records of {N_EVENTS}"
+        want = reference["audit"][kind]
+        differ = sorted(set(rows) ^ set(want))
+        assert not differ, f"{kind}: {len(differ)} rows differ from the fault-free run's: " \
+                           f"{differ[:2]}"
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: None
               ) -> dict[str, dict[str, Any]]:
@@ -158,7 +192,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: None
     assert len(periodic) >= 1
     assert all(b - a >= 5_000 for a, b in zip([0, *periodic], periodic, strict=False))
     return {"models": final_models(out),
-            "scores": {p["record_id"]: p["score"] for p in predictions(out)}}
+            "scores": {p["record_id"]: p["score"] for p in predictions(out)},
+            "audit": audit_rows(out)}
 
 
 def check_recovered(out: Path, reference: dict[str, dict[str, Any]], *, restarts: int = 1
@@ -183,6 +218,7 @@ def check_recovered(out: Path, reference: dict[str, dict[str, Any]], *, restarts
     differ = [p["record_id"] for p in preds if p["score"] != want[p["record_id"]]]
     assert not differ, f"{len(differ)} predictions differ from the fault-free run's: {differ[:3]}"
     assert final_models(out) == reference["models"]
+    check_audit(out, reference)
     return restarts_logged[0]
 
 
@@ -289,4 +325,5 @@ def test_stop_then_resume_continues_from_the_checkpoint(
     assert max(ids.values()) == 1
     assert final_models(out) == reference["models"]
     assert all(p["score"] == reference["scores"][p["record_id"]] for p in predictions(out))
+    check_audit(out, reference)
     assert "resume" in [e["kind"] for e in supervision_log(out)]
