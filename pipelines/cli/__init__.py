@@ -3,6 +3,7 @@
 - :mod:`~pipelines.cli.run`: ``validate``, ``run``; :mod:`~pipelines.cli.status`:
   ``status``; :mod:`~pipelines.cli.data`: ``sample``, ``produce``, ``tail``;
   :mod:`~pipelines.cli.models`: ``models ...``; :mod:`~pipelines.cli.train`: ``train``;
+  :mod:`~pipelines.cli.audit`: ``audit verify``, ``audit prove`` (the access log);
 - :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
   run exit code 1.
 
@@ -16,6 +17,7 @@ import sys
 
 import click
 
+from pipelines.cli.audit import audit
 from pipelines.cli.data import produce, sample, tail
 from pipelines.cli.models import models
 from pipelines.cli.output import EXIT_INTERRUPTED, EXIT_USAGE
@@ -32,7 +34,7 @@ def cli() -> None:
     """riffle: online machine learning in fast data pipelines."""
 
 
-for command in (validate, run, sample, produce, tail, status, models, train):
+for command in (validate, run, sample, produce, tail, status, models, train, audit):
     cli.add_command(command)
 
 

@@ -1,9 +1,13 @@
-"""``riffle models``: read the model registry (``list``, ``show``, ``diff``).
+"""``riffle models``: read the model registry (``list``, ``show``, ``diff``; ``--json``
+for scripts), and send lifecycle commands to a running pipeline.
 
 The registry is CONFIG's ``registry.url``, by default the one next to the pipeline's
 outputs, ``sqlite:///<out_dir>/registry.db``, unless ``--registry URL`` names another (a
 PostgreSQL URL, say). A version is named by its full id (``local/ckpt-000012``) or, within CONFIG's
 pipeline, by its local part (``ckpt-000012``). Errors are one line, exit code 2.
+Every read is an entry in the registry's access log (``models.list``, ``models.show``,
+``models.diff``; the actor is the OS user), written before the answer is given: a
+registry the log cannot be written to answers nothing.
 """
 
 from __future__ import annotations
@@ -17,25 +21,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from pipelines.cli.output import Fail, one_line, print_table
+from pipelines.cli.output import Fail, one_line, print_json, print_table
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import RiffleError, format_validation_error
 
 if TYPE_CHECKING:
     from pipelines.registry import ModelVersion, Registry
 
-__all__ = ["models"]
+__all__ = ["models", "open_registry", "registry_options", "version_ref"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _registry_options(fn: F) -> F:
+def registry_options(fn: F) -> F:
+    """CONFIG and ``--registry URL``: the options of every command that reads the registry."""
     fn = click.option("--registry", "registry_url", metavar="URL",
                       help="Registry database (default sqlite:///<out_dir>/registry.db).")(fn)
     return click.argument("config", type=click.Path(path_type=Path))(fn)
 
 
-def _open(config: Path, registry_url: str | None) -> tuple[PipelineConfig, Registry]:
+def open_registry(config: Path, registry_url: str | None) -> tuple[PipelineConfig, Registry]:
+    """CONFIG and its registry (``--registry`` else CONFIG's), refused if it does not exist."""
     from pipelines.registry import Registry
 
     with one_line():  # the config only says where the registry is: its source need not be up
@@ -43,7 +49,8 @@ def _open(config: Path, registry_url: str | None) -> tuple[PipelineConfig, Regis
         return cfg, Registry(registry_url or cfg.registry_url(), create=False)
 
 
-def _ref(cfg: PipelineConfig, ref: str) -> str:
+def version_ref(cfg: PipelineConfig, ref: str) -> str:
+    """A version's full id, from a full id or a local one within CONFIG's pipeline."""
     return ref if "/" in ref else f"{cfg.name}/{ref}"
 
 
@@ -74,14 +81,32 @@ def models() -> None:
     """Read the model registry: versions, their lineage and lifecycle."""
 
 
+def _version_json(v: ModelVersion) -> dict[str, Any]:
+    return {"id": v.id, "pipeline": v.pipeline, "kind": v.kind, "model_class": v.model_class,
+            "status": v.status, "parent_id": v.parent_id,
+            "code": v.code.model_dump() if v.code else None, "config_hash": v.config_hash,
+            "artifact_uri": v.artifact_uri, "artifact_sha256": v.artifact_sha256,
+            "created_at": v.created_at, "created_by": v.created_by, "params": v.params,
+            "metrics": v.metrics, "data": v.data.model_dump(mode="json")}
+
+
+_json_option = click.option("--json", "as_json", is_flag=True,
+                            help="One JSON document on stdout (for scripts).")
+
+
 @models.command("list")
-@_registry_options
-def list_versions(config: Path, registry_url: str | None) -> None:
+@registry_options
+@_json_option
+def list_versions(config: Path, registry_url: str | None, as_json: bool) -> None:
     """The versions of CONFIG's pipeline, oldest first."""
-    cfg, registry = _open(config, registry_url)
+    cfg, registry = open_registry(config, registry_url)
     with registry:
         with one_line():
+            registry.log_access("models.list", pipeline=cfg.name)
             versions = registry.versions(cfg.name)
+    if as_json:
+        print_json({"pipeline": cfg.name, "versions": [_version_json(v) for v in versions]})
+        return
     table = Table(title=f"riffle models: {cfg.name} ({len(versions)} versions)")
     for name in ("version", "kind", "model", "status", "parent", "created (UTC)", "by",
                  "metrics"):
@@ -94,15 +119,23 @@ def list_versions(config: Path, registry_url: str | None) -> None:
 
 
 @models.command()
-@_registry_options
+@registry_options
 @click.argument("version")
-def show(config: Path, registry_url: str | None, version: str) -> None:
+@_json_option
+def show(config: Path, registry_url: str | None, version: str, as_json: bool) -> None:
     """One VERSION: what it is, what it learned from, and its lifecycle."""
-    cfg, registry = _open(config, registry_url)
+    cfg, registry = open_registry(config, registry_url)
     with registry:
         with one_line():
-            v = registry.get(_ref(cfg, version))
+            registry.log_access("models.show", pipeline=cfg.name,
+                                target=version_ref(cfg, version))
+            v = registry.get(version_ref(cfg, version))
             events = registry.events(v.id)
+    if as_json:
+        print_json({"version": _version_json(v),
+                    "events": [{"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor,
+                                "details": e.details} for e in events]})
+        return
     table = Table(title=f"model version {v.id}", show_header=False)
     rows = [("kind", v.kind), ("model", v.model_class), ("status", v.status),
             ("parent", v.parent_id or "-"), ("code", _code(v)),
@@ -124,16 +157,28 @@ def show(config: Path, registry_url: str | None, version: str) -> None:
 
 
 @models.command()
-@_registry_options
+@registry_options
 @click.argument("a")
 @click.argument("b")
-def diff(config: Path, registry_url: str | None, a: str, b: str) -> None:
+@_json_option
+def diff(config: Path, registry_url: str | None, a: str, b: str, as_json: bool) -> None:
     """What changed from version A to version B: identity, code, params, metrics, data."""
-    cfg, registry = _open(config, registry_url)
+    from pipelines.registry import MISSING
+
+    cfg, registry = open_registry(config, registry_url)
     with registry:
         with one_line():
-            id_a, id_b = _ref(cfg, a), _ref(cfg, b)
+            id_a, id_b = version_ref(cfg, a), version_ref(cfg, b)
+            # One entry for both versions: the target is B, and before -> after is A -> B.
+            registry.log_access("models.diff", pipeline=cfg.name, target=id_b, before=id_a,
+                                after=id_b)
             changes = registry.diff(id_a, id_b)
+    if as_json:  # a value one version does not have is left out ("old" or "new")
+        print_json({"a": id_a, "b": id_b, "changes": [
+            {"section": c.section, "key": c.key,
+             **({} if c.old is MISSING else {"old": c.old}),
+             **({} if c.new is MISSING else {"new": c.new})} for c in changes]})
+        return
     if not changes:
         click.echo(f"{id_a} and {id_b}: no differences")
         return
@@ -156,7 +201,7 @@ def _send_options(fn: F) -> F:
                       help="Wait for the running pipeline to apply or refuse it.")(fn)
     fn = click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
                       help="Seconds --wait waits.")(fn)
-    return _registry_options(fn)
+    return registry_options(fn)
 
 
 def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
@@ -171,13 +216,13 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
     from pipelines.protocol import Command
     from pipelines.registry import default_actor
 
-    cfg, registry = _open(config, registry_url)
+    cfg, registry = open_registry(config, registry_url)
     with registry:
         for key in ("version",):
             if fields.get(key) and fields[key] != "live":
-                fields[key] = _ref(cfg, fields[key])
+                fields[key] = version_ref(cfg, fields[key])
         if fields.get("weights"):
-            fields["weights"] = {v if v == "live" else _ref(cfg, v): w
+            fields["weights"] = {v if v == "live" else version_ref(cfg, v): w
                                  for v, w in fields["weights"].items()}
         try:
             cmd = Command(pipeline=cfg.name, actor=default_actor(), **fields)

@@ -2,8 +2,9 @@
 
 A mistake of the operator (a bad config, a missing file, an unknown version) is
 :class:`Fail`: ``riffle: error: <one line>``, exit code 2. A run that failed after it
-started (an escalated crash loop) is :class:`Failed`, exit code 1. Every command turns
-riffle's own errors into these through :func:`one_line`.
+started (an escalated crash loop), or a check that found damage (``riffle audit
+verify``), is :class:`Failed`, exit code 1. Every command turns riffle's own errors
+into these through :func:`one_line`. ``--json`` output is one JSON document.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import click
 
 from pipelines.errors import RiffleError, RunFailed
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "Fail", "Failed", "one_line", "print_table"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "Fail", "Failed", "one_line", "print_json",
+           "print_table"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -32,7 +34,7 @@ class Fail(click.ClickException):
 
 
 class Failed(Fail):
-    """A run that failed after it started: one line, exit code 1."""
+    """A run that failed after it started, or a check that failed: one line, exit code 1."""
 
     exit_code = 1
 
@@ -55,3 +57,16 @@ def print_table(*tables: Any) -> None:
     console = Console()
     for table in tables:
         console.print(table)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout (times as ISO 8601 strings)."""
+    import json
+
+    click.echo(json.dumps(document, indent=2, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
