@@ -140,16 +140,17 @@ class ScorerCore:
                 prediction = (max(score, key=score.get) if score else None) if classifier else score
                 n_scored += 1
                 now = clock()
-                lines.append(dumps({
+                line = dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": version, "arm": arm_name,
                     "checkpoint": checkpoint, "scorer": name, "event_time": item.event_time,
                     "scored_at": now, "partition": item.partition, "offset": item.offset,
-                }, option=_JSON))
+                }, option=_JSON)
+                lines.append(line)
                 keys.append(item.key)
                 read_at.append(item.read_at)
                 if trail is not None:
-                    trail((item, score, prediction, version, arm_name, role, now))
+                    trail((item, line, version, arm_name, role, now))
                 scored = new(_Scored, (item, score, prediction, live, None))
                 early = hold(item.record_id, scored)
                 if early is not None:  # its label came first
@@ -224,16 +225,16 @@ class ScorerCore:
                     continue
                 counts["scored"] += 1
                 now = time.time()
-                lines.append(orjson.dumps({
+                line = orjson.dumps({
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": arm.version, "arm": arm.name,
                     "checkpoint": checkpoint, "scorer": name,
                     "event_time": item.event_time, "scored_at": now,
                     "partition": item.partition, "offset": item.offset,
-                }, option=_JSON))
+                }, option=_JSON)
+                lines.append(line)
                 if self.audit is not None:
-                    self.audit.trail.append(
-                        (item, score, prediction, arm.version, arm.name, arm.role, now))
+                    self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now))
                 keys.append(item.key)
                 versions.append(arm.version)
                 read_at.append(item.read_at)
@@ -297,14 +298,14 @@ class ScorerCore:
                 continue
             dark.append((arm, score, prediction))
             now = time.time()
-            out.append(orjson.dumps({
+            line = orjson.dumps({
                 "record_id": item.record_id, "key": item.key, "score": score,
                 "prediction": prediction, "model_version": arm.version, "arm": arm.name,
                 "scorer": self.name, "event_time": item.event_time, "scored_at": now,
-                "partition": item.partition, "offset": item.offset}, option=_JSON))
+                "partition": item.partition, "offset": item.offset}, option=_JSON)
+            out.append(line)
             if self.audit is not None:
-                self.audit.trail.append(
-                    (item, score, prediction, arm.version, arm.name, arm.role, now))
+                self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now))
         return tuple(dark)
 
     def _learn(self, item: Event | Feedback, held: _Scored, label: Any,

@@ -12,6 +12,9 @@ CPU microseconds per event (``time.process_time``), on one JSONL file of loan ap
                    and the one-process loop does not), scoring (model + bookkeeping), the sink;
                    and the scorer's bookkeeping alone (the same batches on a model that does
                    nothing)
+  the audit trail  the same batches on a scorer that keeps the audit trail and training log,
+                   and the writing of their Parquet segments (in the pipeline, a scorer's
+                   writer thread): what they add to an event
 
     python scripts/profile_cores.py [--events 200000] [--repeats 3]
 
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.allocator import tune_gc  # noqa: E402
+from pipelines.audit.trail import AuditStore, SegmentWriter  # noqa: E402
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.ingest import IngestCore  # noqa: E402
 from pipelines.models import build_model  # noqa: E402
@@ -97,10 +101,15 @@ def riffle_stages(config: PipelineConfig, out: Path) -> dict[str, float]:
     core = IngestCore(config, task="binary")
     scorer, null = ScorerCore(config.scoring, name="s"), ScorerCore(config.scoring, name="n")
     null.arms[0].model = _Null()
+    audited = ScorerCore(config.scoring, name="a", audit=True)
+    assert audited.audit is not None
+    writer = SegmentWriter(AuditStore(str(out) + "-audit"), scorer="a", generation=0,
+                           rows_per_segment=config.audit.segment_rows)
     sink = FileSink(out)
     tune_gc()
     spent = dict.fromkeys(("source", "validate, dedupe, route", "hop (encode + decode)",
-                           "score and learn", "sink", "scorer bookkeeping"), 0.0)
+                           "score and learn", "sink", "scorer bookkeeping",
+                           "score and learn, audit on", "audit segments"), 0.0)
     seq = 0
     while not reader.exhausted:
         t0 = clock()
@@ -118,11 +127,17 @@ def riffle_stages(config: PipelineConfig, out: Path) -> dict[str, float]:
         t5 = clock()
         null.process(batch)
         t6 = clock()
+        audited.process(batch)
+        t7 = clock()
+        if len(audited.audit) >= config.audit.segment_rows or reader.exhausted:
+            writer.barrier(audited.audit, None, seq)  # written and waited for: all its CPU
+        t8 = clock()
         seq += 1
-        for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5),
-                            strict=True):
+        for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5,
+                                    t7 - t6, t8 - t7), strict=True):
             spent[name] += dt
     sink.close()
+    writer.close()
     n = core.counts["events"]
     return {k: v / n * 1e6 for k, v in spent.items()}
 
@@ -172,6 +187,10 @@ def main() -> None:
           f"{med['scorer bookkeeping']:.1f} | |")
     print(f"| the hop to a scorer (encode + decode; pipeline only) | "
           f"{med['hop (encode + decode)']:.1f} | |")
+    rows = med["score and learn, audit on"] - med["score and learn"]
+    print(f"| audit trail + training log: rows kept while scoring | {rows:.1f} | |")
+    print(f"| audit trail + training log: Parquet segments written | "
+          f"{med['audit segments']:.1f} | |")
 
 
 if __name__ == "__main__":

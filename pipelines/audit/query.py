@@ -44,6 +44,9 @@ class AuditQuery:
         files = [(self.store.path(s.path), c.checkpoint, c.seq)
                  for c in self.commits for s in c.segments if s.kind == kind]
         if not files:  # an empty view with the right columns
+            if kind == "trail":
+                schema = schema.append(pa.field("score", pa.string())).append(
+                    pa.field("prediction", pa.string()))
             empty = schema.empty_table().append_column(
                 "committed_in", pa.array([], pa.string())).append_column(
                 "commit_seq", pa.array([], pa.int64()))
@@ -56,6 +59,9 @@ class AuditQuery:
         self.con.register(f"_{kind}_commits", index)
         listed = ", ".join("'" + f[0].replace("'", "''") + "'" for f in files)
         columns = ", ".join(f"s.{name}" for name in schema.names)
+        if kind == "trail":  # what it said, out of the record it emitted
+            columns += (", json_extract(s.output, '$.score') AS score, "
+                        "json_extract(s.output, '$.prediction') AS prediction")
         self.con.execute(
             f"CREATE VIEW {kind} AS SELECT {columns}, c.committed_in, c.commit_seq "
             f"FROM read_parquet([{listed}], filename = true) s "

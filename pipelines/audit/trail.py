@@ -14,16 +14,18 @@ discarded. So the committed segments hold each record exactly once, though the o
 stream is at-least-once. Readers (:mod:`pipelines.audit.query`) only ever read
 committed segments.
 
-Columns that hold values of any JSON type (features, score, prediction, label) are
-JSON text; a classifier's score is a list of ``[class, probability]`` pairs, so a
-class keeps its type (``true``, ``1`` or ``"yes"``).
+Columns that hold values of any JSON type are JSON text: the features, the label, and
+``output``, the prediction record exactly as it was emitted (its score, prediction,
+version, arm and times; the views of :mod:`~pipelines.audit.query` take ``score`` and
+``prediction`` out of it). Keeping the emitted bytes costs the hot path nothing and
+answers "what did it say" to the byte.
 
 >>> import tempfile
 >>> store = AuditStore(tempfile.mkdtemp())
 >>> rows = AuditRows()
 >>> from pipelines.protocol import Event
 >>> e = Event("r1", "k1", 10.0, {"age": 30.0}, 0, 7, 0.0, "loans")
->>> rows.trail.append((e, {False: 0.2, True: 0.8}, True, "p/v1", "live", "live", 11.0))
+>>> rows.trail.append((e, b'{"score":{"true":0.8}}', "p/v1", "live", "live", 11.0))
 >>> seg = store.write_segment("trail", trail_table(rows.take_trail(), "scorer-0", None),
 ...                           scorer="scorer-0", generation=0)
 >>> seg.rows, seg.path.startswith("audit/trail/scorer-0/")
@@ -62,11 +64,15 @@ TRAIL = pa.schema([
     ("partition", pa.int32()), ("offset", pa.int64()), ("event_time", pa.float64()),
     ("scored_at", pa.float64()), ("model_version", pa.string()), ("arm", pa.string()),
     ("role", pa.string()), ("checkpoint", pa.string()), ("scorer", pa.string()),
-    ("features", pa.string()), ("score", pa.string()), ("prediction", pa.string()),
-    ("trace_id", pa.string()),
+    ("features", pa.string()), ("output", pa.string()), ("trace_id", pa.string()),
 ])
 """One row per scored record and arm: what the model saw, what it said, which version.
 ``checkpoint``: the committed checkpoint the scoring model continued from."""
+
+_DICTIONARY = ["topic", "model_version", "arm", "role", "checkpoint", "scorer", "key",
+               "label"]
+"""Columns of few distinct values, dictionary-encoded in Parquet (the others are not
+tried: record ids, features and outputs are all different)."""
 
 TRAINING = pa.schema([
     ("record_id", pa.string()), ("key", pa.string()), ("topic", pa.string()),
@@ -79,7 +85,7 @@ label, the version the arm serves, and ``seq``, the scorer's count of examples l
 before it (the order to replay them in)."""
 
 _DUMPS = orjson.dumps
-_PAIRS = orjson.OPT_SERIALIZE_NUMPY
+_OPT = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 class Segment(BaseModel):
@@ -99,7 +105,8 @@ class Segment(BaseModel):
 class AuditRows:
     """A scorer's rows since it last handed them over: plain tuples, cheap to append.
 
-    - ``trail``: ``(event, score, prediction, version, arm, role, scored_at)``;
+    - ``trail``: ``(event, output, version, arm, role, scored_at)``, ``output`` the
+      prediction record as emitted (JSON bytes);
     - ``training``: ``(event, label, version, arm, seq, learned_at)``.
     """
 
@@ -121,23 +128,30 @@ class AuditRows:
         return len(self.trail) + len(self.training)
 
 
-def _json(value: Any) -> bytes:
-    if type(value) is dict:  # class probabilities: [[class, p], ...] keeps the class's type
-        return _DUMPS(list(value.items()), option=_PAIRS)
-    return _DUMPS(value, option=_PAIRS)
+def _labels(values: Iterable[Any]) -> list[bytes]:
+    """Labels as JSON, each distinct label encoded once (classes are few)."""
+    memo: dict[Any, bytes] = {}
+    out = []
+    for v in values:
+        text = memo.get(v)
+        if text is None:
+            text = memo[v] = _DUMPS(v, option=_OPT)
+        out.append(text)
+    return out
 
 
 def _text(values: Iterable[bytes]) -> pa.Array:
-    """UTF-8 JSON bytes as a string column (no decoding to Python str and back)."""
-    return pa.array(values, pa.binary()).cast(pa.string())
+    """JSON bytes as a string column: orjson writes UTF-8, so the bytes are taken as they
+    are (a view, not a cast: no decoding, no second check)."""
+    return pa.array(values, pa.binary()).view(pa.string())
 
 
 def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
                 ) -> pa.Table:
     """The audit trail's rows as a table of :data:`TRAIL`."""
     n = len(rows)
-    events, scores, predictions, versions, arms, roles, scored_at = (
-        zip(*rows, strict=True) if rows else ((),) * 7)
+    events, outputs, versions, arms, roles, scored_at = (
+        zip(*rows, strict=True) if rows else ((),) * 6)
     return pa.Table.from_arrays([
         pa.array([e.record_id for e in events], pa.string()),
         pa.array([e.key for e in events], pa.string()),
@@ -151,9 +165,8 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
         pa.array(roles, pa.string()),
         pa.array([checkpoint] * n, pa.string()),
         pa.array([scorer] * n, pa.string()),
-        _text([_DUMPS(e.features, option=_PAIRS) for e in events]),
-        _text([_json(s) for s in scores]),
-        _text([_json(p) for p in predictions]),
+        _text([_DUMPS(e.features, option=_OPT) for e in events]),
+        _text(outputs),
         pa.nulls(n, pa.string()),
     ], schema=TRAIL)
 
@@ -169,7 +182,7 @@ def training_table(rows: list[tuple[Any, ...]], scorer: str) -> pa.Table:
         pa.array([e.topic for e in events], pa.string()),
         pa.array([e.partition for e in events], pa.int32()),
         pa.array([e.offset for e in events], pa.int64()),
-        _text([_json(label) for label in labels]),
+        _text(_labels(labels)),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),
         pa.array([scorer] * n, pa.string()),
@@ -209,7 +222,9 @@ class AuditStore:
         rel = (f"audit/{kind}/{scorer}/"
                f"{time.time_ns():020d}-g{generation}-{uuid.uuid4().hex[:8]}.parquet")
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd", row_group_size=65_536)
+        pq.write_table(table, sink, compression="zstd", compression_level=1,
+                       row_group_size=65_536,
+                       use_dictionary=[c for c in _DICTIONARY if c in table.schema.names])
         blob = sink.getvalue()
         self._fs.create_dir(self.path(f"audit/{kind}/{scorer}"), recursive=True)
         with self._fs.open_output_stream(self.path(rel)) as out:
