@@ -155,14 +155,16 @@ class Checkpointer:
                       scorers: list[ScorerPart], positions: dict[str, int], events: int, *,
                       final: bool) -> Manifest:
         cfg = self._config
+        loop = asyncio.get_running_loop()
+        access_log = await loop.run_in_executor(None, self._access_head)
         manifest = Manifest(id=ckpt, seq=seq, created_at=time.time(), pipeline=cfg.name,
                             config_hash=cfg.config_hash(), positions=positions,
                             parts={p.name: p.part for p in (*ingest, *scorers)},
                             events_read=events, final=final,
                             deployment=deployment_to_json(self._control.deployment),
                             control_position=self._control.position,
-                            segments=[s for p in scorers for s in p.segments])
-        loop = asyncio.get_running_loop()
+                            segments=[s for p in scorers for s in p.segments],
+                            access_log=access_log)
         await loop.run_in_executor(None, self._store.commit, manifest)
         if self._audit is not None and manifest.segments:  # the index outlives pruning
             await loop.run_in_executor(None, self._audit.commit_index, manifest.id, seq,
@@ -171,6 +173,19 @@ class Checkpointer:
         await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
         await loop.run_in_executor(None, self._register, manifest, parent, scorers)
         return manifest
+
+    def _access_head(self) -> dict[str, Any] | None:
+        """The access log's tree head, recorded in the manifest: ``riffle audit verify``
+        proves the log was only appended to since (None without a registry, or if the
+        registry fails: the checkpoint does not wait for it)."""
+        if self._registry is None:
+            return None
+        try:
+            size, root = self._registry.access_head()
+        except Exception as e:
+            self._log.record("registry_error", "supervisor", cause_line(e))
+            return None
+        return {"size": size, "root": root}
 
     def _register(self, manifest: Manifest, parent: Manifest | None,
                   scorers: list[ScorerPart]) -> None:
