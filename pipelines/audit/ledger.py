@@ -380,6 +380,8 @@ def check_log(entries: Sequence[StoredEntry], heads: Iterable[TreeHead] = ()) ->
 
 def _first_bad_row(rows: Sequence[StoredEntry], leaves: Sequence[bytes]) -> Finding | None:
     for pos, (row, leaf) in enumerate(zip(rows, leaves, strict=True)):
+        if row.index < pos:  # only possible for an index below 0: no entry was given it
+            return Finding("inserted", pos, f"an entry with index {row.index} was inserted")
         if row.index != pos:
             gone = (f"entry {pos} is" if row.index == pos + 1
                     else f"entries {pos}..{row.index - 1} are")

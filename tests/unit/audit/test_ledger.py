@@ -196,6 +196,7 @@ def test_check_log_passes_an_intact_log_against_every_head() -> None:
     ("swap-adjacent", "reordered", 6, "entries 6 and 7 were swapped"),
     ("swap-distant", "reordered", 6, "entries 6 and 15 were swapped"),
     ("truncate", "truncated", 17, "entries 17..19 are gone"),
+    ("negative-index", "inserted", 0, "an entry with index -1 was inserted"),
 ])
 def test_check_log_names_the_first_bad_entry(damage: str, problem: str, index: int,
                                               message: str) -> None:
@@ -224,6 +225,8 @@ def test_check_log_names_the_first_bad_entry(damage: str, problem: str, index: i
         rows = _renumbered(rows)
     elif damage == "truncate":
         del rows[17:]
+    elif damage == "negative-index":
+        rows.append(StoredEntry(-1, extra, leaf_hash(entry_bytes(-1, extra)).hex()))
     result = check_log(rows, heads)
     assert result.finding is not None, damage
     assert (result.finding.problem, result.finding.index) == (problem, index)
