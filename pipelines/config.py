@@ -338,7 +338,7 @@ class AuditConfig(_Frozen):
     (so kept only when checkpoints are)."""
 
     enabled: bool = True
-    segment_rows: Annotated[int, Field(ge=1000)] = 100_000
+    segment_rows: Annotated[int, Field(ge=1000)] = 25_000
     """A scorer writes a segment once it holds this many rows (and at every checkpoint)."""
 
 
