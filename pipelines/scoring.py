@@ -150,7 +150,7 @@ class ScorerCore:
                 keys.append(item.key)
                 read_at.append(item.read_at)
                 if trail is not None:
-                    trail((item, line, version, arm_name, role, now))
+                    trail((item, line, version, arm_name, role, now, counts["examples"]))
                 scored = new(_Scored, (item, score, prediction, live, None))
                 early = hold(item.record_id, scored)
                 if early is not None:  # its label came first
@@ -234,7 +234,8 @@ class ScorerCore:
                 }, option=_JSON)
                 lines.append(line)
                 if self.audit is not None:
-                    self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now))
+                    self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now,
+                                             counts["examples"]))
                 keys.append(item.key)
                 versions.append(arm.version)
                 read_at.append(item.read_at)
@@ -305,7 +306,8 @@ class ScorerCore:
                 "partition": item.partition, "offset": item.offset}, option=_JSON)
             out.append(line)
             if self.audit is not None:
-                self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now))
+                self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now,
+                                         self.counts["examples"]))
         return tuple(dark)
 
     def _learn(self, item: Event | Feedback, held: _Scored, label: Any,

@@ -25,7 +25,7 @@ answers "what did it say" to the byte.
 >>> rows = AuditRows()
 >>> from pipelines.protocol import Event
 >>> e = Event("r1", "k1", 10.0, {"age": 30.0}, 0, 7, 0.0, "loans")
->>> rows.trail.append((e, b'{"score":{"true":0.8}}', "p/v1", "live", "live", 11.0))
+>>> rows.trail.append((e, b'{"score":{"true":0.8}}', "p/v1", "live", "live", 11.0, 0))
 >>> seg = store.write_segment("trail", trail_table(rows.take_trail(), "scorer-0", None),
 ...                           scorer="scorer-0", generation=0)
 >>> seg.rows, seg.path.startswith("audit/trail/scorer-0/")
@@ -65,9 +65,13 @@ TRAIL = pa.schema([
     ("scored_at", pa.float64()), ("model_version", pa.string()), ("arm", pa.string()),
     ("role", pa.string()), ("checkpoint", pa.string()), ("scorer", pa.string()),
     ("features", pa.string()), ("output", pa.string()), ("trace_id", pa.string()),
+    ("examples", pa.int64()),
 ])
 """One row per scored record and arm: what the model saw, what it said, which version.
-``checkpoint``: the committed checkpoint the scoring model continued from."""
+``checkpoint``: the committed checkpoint the scoring model continued from; ``examples``:
+how many examples the scorer's arms had learned before (the training log's rows of this
+scorer with ``seq`` below it), so the model that scored the record is that checkpoint's
+plus the examples learned since, up to there."""
 
 _DICTIONARY = ["topic", "model_version", "arm", "role", "checkpoint", "scorer", "key",
                "label"]
@@ -105,8 +109,9 @@ class Segment(BaseModel):
 class AuditRows:
     """A scorer's rows since it last handed them over: plain tuples, cheap to append.
 
-    - ``trail``: ``(event, output, version, arm, role, scored_at)``, ``output`` the
-      prediction record as emitted (JSON bytes);
+    - ``trail``: ``(event, output, version, arm, role, scored_at, examples)``, ``output``
+      the prediction record as emitted (JSON bytes), ``examples`` the scorer's count of
+      examples learned before it;
     - ``training``: ``(event, label, version, arm, seq, learned_at)``.
     """
 
@@ -150,8 +155,8 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
                 ) -> pa.Table:
     """The audit trail's rows as a table of :data:`TRAIL`."""
     n = len(rows)
-    events, outputs, versions, arms, roles, scored_at = (
-        zip(*rows, strict=True) if rows else ((),) * 6)
+    events, outputs, versions, arms, roles, scored_at, examples = (
+        zip(*rows, strict=True) if rows else ((),) * 7)
     return pa.Table.from_arrays([
         pa.array([e.record_id for e in events], pa.string()),
         pa.array([e.key for e in events], pa.string()),
@@ -168,6 +173,7 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
         _text([_DUMPS(e.features, option=_OPT) for e in events]),
         _text(outputs),
         pa.nulls(n, pa.string()),
+        pa.array(examples, pa.int64()),
     ], schema=TRAIL)
 
 
