@@ -4,6 +4,7 @@
   ``status``; :mod:`~pipelines.cli.data`: ``sample``, ``produce``, ``tail``;
   :mod:`~pipelines.cli.models`: ``models ...``; :mod:`~pipelines.cli.train`: ``train``;
   :mod:`~pipelines.cli.audit`: ``audit verify``, ``audit prove`` (the access log);
+  :mod:`~pipelines.cli.lineage`: ``audit record``, ``audit model``, ``audit key``;
 - :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
   run exit code 1.
 
@@ -19,6 +20,7 @@ import click
 
 from pipelines.cli.audit import audit
 from pipelines.cli.data import produce, sample, tail
+from pipelines.cli.lineage import key, model, record
 from pipelines.cli.models import models
 from pipelines.cli.output import EXIT_INTERRUPTED, EXIT_USAGE
 from pipelines.cli.run import run, validate
@@ -36,6 +38,8 @@ def cli() -> None:
 
 for command in (validate, run, sample, produce, tail, status, models, train, audit):
     cli.add_command(command)
+for command in (record, model, key):
+    audit.add_command(command)
 
 
 def main() -> None:
