@@ -503,8 +503,12 @@ class PipelineConfig(_Frozen):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
-    """Read and validate a pipeline YAML; ``overrides`` are dotted paths, e.g. ``source.seed``."""
+def load_config(path: str | Path, *, check_model: bool = True, **overrides: Any
+                ) -> PipelineConfig:
+    """Read and validate a pipeline YAML; ``overrides`` are dotted paths, e.g. ``source.seed``.
+
+    ``check_model=False`` skips building the model (importing River takes a second): for
+    commands that only read what a run left (status, models, audit)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -526,10 +530,10 @@ def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{path}: {format_validation_error(e)}") from None
-    # Build the model once so that an unknown estimator fails here, before any actor starts.
-    from pipelines.models import build_model
+    if check_model:  # an unknown estimator fails here, before any actor starts
+        from pipelines.models import build_model
 
-    build_model(config.scoring.model)
+        build_model(config.scoring.model)
     return config
 
 

@@ -58,14 +58,21 @@ class AuditQuery:
                           "commit_seq": pa.array([f[2] for f in files], pa.int64())})
         self.con.register(f"_{kind}_commits", index)
         listed = ", ".join("'" + f[0].replace("'", "''") + "'" for f in files)
-        columns = ", ".join(f"s.{name}" for name in schema.names)
+        source = f"read_parquet([{listed}], filename = true, union_by_name = true)"
+        # A column that segments written by an older riffle lack reads as NULL.
+        present = {row[0] for row in self.con.execute(
+            f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        columns = ", ".join(
+            f's."{f.name}"' if f.name in present else f'NULL::VARCHAR AS "{f.name}"'
+            for f in schema)
         if kind == "trail":  # what it said, out of the record it emitted
             columns += (", json_extract(s.output, '$.score') AS score, "
-                        "json_extract(s.output, '$.prediction') AS prediction")
+                        "json_extract(s.output, '$.prediction') AS prediction"
+                        if "output" in present else
+                        ", NULL::JSON AS score, NULL::JSON AS prediction")
         self.con.execute(
             f"CREATE VIEW {kind} AS SELECT {columns}, c.committed_in, c.commit_seq "
-            f"FROM read_parquet([{listed}], filename = true) s "
-            f"JOIN _{kind}_commits c USING (filename)")
+            f"FROM {source} s JOIN _{kind}_commits c USING (filename)")
 
     def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """``sql``'s result as dicts (column name to value)."""

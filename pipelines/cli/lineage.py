@@ -57,7 +57,7 @@ def _lineage(config: Path, registry_url: str | None, out: Path | None
     from pipelines.registry import Registry
 
     with one_line():
-        cfg = load_config(config)
+        cfg = load_config(config, check_model=False)
         registry = Registry(registry_url or cfg.registry_url(out), create=False)
     with registry, Lineage(registry, pipeline=cfg.name,
                            store_url=cfg.checkpoint_store_url(out)) as lineage:

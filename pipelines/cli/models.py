@@ -45,7 +45,7 @@ def open_registry(config: Path, registry_url: str | None) -> tuple[PipelineConfi
     from pipelines.registry import Registry
 
     with one_line():  # the config only says where the registry is: its source need not be up
-        cfg = load_config(config)
+        cfg = load_config(config, check_model=False)
         return cfg, Registry(registry_url or cfg.registry_url(), create=False)
 
 

@@ -28,7 +28,7 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
     from pipelines.status import read_status
 
     with one_line():  # the config only says where the outputs are: its source need not be up
-        cfg = load_config(config)
+        cfg = load_config(config, check_model=False)
         folder = cfg.out_dir if out is None else out
         st = read_status(folder)
     sup = st.get("supervision", {})
