@@ -28,6 +28,7 @@ import ray
 from ray.actor import ActorHandle
 
 from pipelines.allocator import pin_mmap_threshold, tune_gc
+from pipelines.audit.suppression import Suppression
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
@@ -79,7 +80,8 @@ class IngestActor:
                restore: Manifest | None) -> None:
         """All the state of one generation of the pipeline: at start, and on reset."""
         self._generation = generation
-        self._core = IngestCore(self._config, task=self._task)
+        self._core = IngestCore(self._config, task=self._task, suppressed=Suppression.load(
+            self._store.url if self._store is not None else None))  # riffle forget --suppress
         positions = None
         if restore is not None:
             assert self._store is not None

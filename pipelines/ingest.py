@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from pipelines.audit.suppression import Suppression
 from pipelines.config import FileSourceConfig, PipelineConfig
 from pipelines.models import Task
 from pipelines.protocol import DeadLetter, Event, Feedback, SourceMessage
@@ -45,8 +46,12 @@ def scorer_of(key: str, n_scorers: int) -> int:
 class IngestCore:
     """Turns source messages into routed events and feedback, or dead letters."""
 
-    def __init__(self, config: PipelineConfig, *, task: Task) -> None:
+    def __init__(self, config: PipelineConfig, *, task: Task,
+                 suppressed: Suppression | None = None) -> None:
         src = config.source
+        self.suppressed = suppressed
+        """Erased subjects whose records are refused (``riffle forget --suppress``); None
+        when there are none, and then the only cost is one ``is None`` test a record."""
         self.validator = RecordValidator(
             task=task,
             max_abs_value=config.ingest.max_abs_value,
@@ -77,7 +82,7 @@ class IngestCore:
         n_feedback = sum(m.kind != "event" for m in messages)
         counts["events"] += len(messages) - n_feedback
         counts["feedback"] += n_feedback
-        seen, crc32 = self.seen, zlib.crc32
+        seen, crc32, suppressed = self.seen, zlib.crc32, self.suppressed
         new = tuple.__new__  # a named tuple without the Python frame of its __new__
         i_event = i_feedback = 0
         read_at = time.time()
@@ -91,6 +96,9 @@ class IngestCore:
                 i_event += 1
                 if error is None:
                     record_id = payload["record_id"]
+                    if suppressed is not None and suppressed.matches(payload["key"]):
+                        dead.append(self._erased(m, suppressed))
+                        continue
                     if not seen.add(record_id):
                         counts["duplicates"] += 1
                         dead.append(self._dead(m, "duplicate record_id (seen within the last "
@@ -108,6 +116,9 @@ class IngestCore:
                 i_feedback += 1
                 if error is None:
                     key = payload["key"]
+                    if suppressed is not None and suppressed.matches(key):
+                        dead.append(self._erased(m, suppressed))
+                        continue
                     item = new(Feedback, (payload["record_id"], key, payload["label"],
                                           payload.get("event_time") or read_at, m.partition,
                                           m.offset, read_at, m.topic))
@@ -126,6 +137,14 @@ class IngestCore:
     def restore(self, state: dict[str, Any]) -> None:
         self.seen = RecentIds(self.seen.max_size, state["seen"])
         self.counts = dict(state["counts"])
+
+    def _erased(self, m: SourceMessage, suppressed: Suppression) -> DeadLetter:
+        """A record of an erased subject: dead-lettered without its content (the dead
+        letters must not hold the subject's data again), under the subject's hash."""
+        self.counts["erased"] = self.counts.get("erased", 0) + 1
+        hashed = suppressed.hash_of(m.payload["key"])  # type: ignore[index]
+        return DeadLetter(None, m.kind, orjson.dumps({"subject": hashed}), "erased subject",
+                          "ErasedSubject", m.topic, m.partition, m.offset, None)
 
     def _dead(self, m: SourceMessage, error: str, record_id: str | None,
               error_class: str) -> DeadLetter:

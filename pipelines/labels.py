@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
 
 from pipelines.validation import RecentIds
@@ -99,6 +99,32 @@ class LabelBuffer(Generic[T]):
         while early and next(iter(early.values()))[0] <= deadline:
             early.popitem(last=False)
             self.counts["labels_unmatched"] += 1
+
+    def forget(self, record_ids: Collection[str],
+               where: Callable[[T], bool] | None = None) -> int:
+        """Drop every trace of ``record_ids`` (and of pending entries ``where`` holds
+        true): held entries, early labels and the memory of learned or expired ids (an
+        erasure, ``riffle forget``). Returns how many entries or labels were dropped.
+
+        >>> buf = LabelBuffer(max_pending=9, ttl_s=60.0, clock=lambda: 0.0)
+        >>> _ = buf.add("r1", "k1"), buf.add("r2", "k2"), buf.match("r3", True)
+        >>> buf.forget({"r3"}, where=lambda entry: entry == "k1"), buf.n_pending, buf.n_early
+        (2, 1, 0)
+        """
+        ids = set(record_ids)
+        drop = [rid for rid, (_, entry) in self._pending.items()
+                if rid in ids or (where is not None and where(entry))]
+        for rid in drop:
+            del self._pending[rid]
+        early = [rid for rid in self._early if rid in ids]
+        for rid in early:
+            del self._early[rid]
+        ids.update(drop)
+        for name in ("_learned", "_expired"):
+            memory: RecentIds = getattr(self, name)
+            setattr(self, name, RecentIds(memory.max_size,
+                                          [r for r in memory.ids() if r not in ids]))
+        return len(drop) + len(early)
 
     # A checkpoint carries ages, not clock readings: a monotonic clock means nothing in
     # another process or on another host, where the buffer may be restored.

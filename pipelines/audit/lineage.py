@@ -193,7 +193,8 @@ class Lineage:
                     "served": None, "shadow": [], "label": None, "learned_by": []})
                 rec["label"] = row["label"]
                 rec["learned_by"].append(f"{row['arm']} ({row['model_version']})")
-        if not records:
+        forgotten = self._forgotten(key)
+        if not records and not forgotten:
             raise AuditError(f"unknown key: no record of that subject in the committed audit "
                              f"trail of pipeline {self.pipeline}")
         versions = self._versions_including(training)
@@ -202,7 +203,17 @@ class Lineage:
             del r["_at"]
         return {"n_records": len(records), "n_learned": len({r["record_id"] for r in training}),
                 "records": ordered,
-                "versions": sorted(versions, key=self._created_at)}
+                "versions": sorted(versions, key=self._created_at), "forgotten": forgotten}
+
+    def _forgotten(self, key: str) -> list[dict[str, Any]]:
+        """The erasure certificates of the subject (``riffle forget``: access-log entries
+        whose target is the subject's hash)."""
+        from pipelines.audit.subjects import subject_hash
+
+        return [{"log_index": e.index, "at": _iso(e.at), "actor": e.actor, "reason": e.reason,
+                 "rebuilt_version": e.after, "removed": e.details.get("removed")}
+                for e in self.registry.access_entries(action="forget", target=subject_hash(key),
+                                                      pipeline=self.pipeline)]
 
     # -- a version's training data -----------------------------------------------------
     def terms(self, version: str) -> list[Term]:

@@ -225,4 +225,7 @@ def key(config: Path, registry_url: str | None, out: Path | None, as_json: bool,
                       served.get("arm", "-"), _short(served.get("prediction")),
                       _when(served.get("scored_at")), _short(r["label"]),
                       ", ".join(r["learned_by"]) or "-")
-    print_table(table, "trained on this subject: " + (", ".join(doc["versions"]) or "none"))
+    gone = [f"forgotten at {_when(f['at'])} UTC by {f['actor']} (certificate: access log "
+            f"entry {f['log_index']})" for f in doc.get("forgotten", [])]
+    print_table(table, "trained on this subject: " + (", ".join(doc["versions"]) or "none"),
+                *gone)
