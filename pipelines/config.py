@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointConfig",
     "ControlConfig",
     "DriftConfig",
+    "ExplainConfig",
     "FileSourceConfig",
     "IngestConfig",
     "KafkaConfig",
@@ -248,6 +249,14 @@ class ModelSpec(_Frozen):
     """Stamped on every prediction until checkpoints number the versions."""
 
 
+class ExplainConfig(_Frozen):
+    """Reason codes inline (``pipelines.audit.reasons``)."""
+
+    top_k: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Every prediction of a linear or Hoeffding tree model carries its ``top_k`` reasons
+    (feature, value, contribution); None: none (they cost the scoring loop a little)."""
+
+
 class ScoringConfig(_Frozen):
     n_actors: Annotated[int, Field(ge=1, le=256)] = 1
     model: ModelSpec = ModelSpec()
@@ -258,6 +267,7 @@ class ScoringConfig(_Frozen):
     metrics_window: Annotated[int, Field(ge=1)] = 20_000
     """Labeled events per window of the windowed accuracy (or MAE) in the summary."""
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
+    explain: ExplainConfig = ExplainConfig()
 
 
 class OutputConfig(_Frozen):

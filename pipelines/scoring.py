@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from pipelines.arms import Arm, Router
+from pipelines.audit.reasons import Reasons, reasons_for
 from pipelines.audit.trail import AuditRows
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
@@ -75,6 +76,8 @@ class ScorerCore:
         self._window_now: list[float] = [self._window, 0.0]  # full: the first label opens one
         self._metrics = Progressive(self.task)
         """Of the served predictions (whichever arm served each)."""
+        self._top_k = config.explain.top_k
+        self._reasons: dict[Arm, Reasons | None] = {}
         self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0,
                        "examples": 0}
         """``examples``: labeled examples learned by any arm (the training log's ``seq``)."""
@@ -93,6 +96,9 @@ class ScorerCore:
         self._learners = [a for a in arms[1:] if a.learns]
         self._batched = any(a.batched for a in arms)
         self._compare = len(arms) > 1
+        top_k = self._top_k
+        self._reasons = {a: reasons_for(a.model, top_k) if top_k and not a.batched else None
+                         for a in arms}
         if self.previous is not None and self.previous.learns:
             self._learners.append(self.previous)
 
@@ -120,6 +126,7 @@ class ScorerCore:
         observe, learners = self._observe, self._learners
         learn_one = model.learn_one
         counts, role = self.counts, live.role
+        reasons = self._reasons.get(live)
         audit = self.audit
         trail = audit.trail.append if audit is not None else None
         training = audit.training.append if audit is not None else None
@@ -140,12 +147,15 @@ class ScorerCore:
                 prediction = (max(score, key=score.get) if score else None) if classifier else score
                 n_scored += 1
                 now = clock()
-                line = dumps({
+                record = {
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": version, "arm": arm_name,
                     "checkpoint": checkpoint, "scorer": name, "event_time": item.event_time,
                     "scored_at": now, "partition": item.partition, "offset": item.offset,
-                }, option=_JSON)
+                }
+                if reasons is not None:
+                    record["reasons"] = reasons(item.features, prediction)
+                line = dumps(record, option=_JSON)
                 lines.append(line)
                 keys.append(item.key)
                 read_at.append(item.read_at)
@@ -225,13 +235,17 @@ class ScorerCore:
                     continue
                 counts["scored"] += 1
                 now = time.time()
-                line = orjson.dumps({
+                record = {
                     "record_id": item.record_id, "key": item.key, "score": score,
                     "prediction": prediction, "model_version": arm.version, "arm": arm.name,
                     "checkpoint": checkpoint, "scorer": name,
                     "event_time": item.event_time, "scored_at": now,
                     "partition": item.partition, "offset": item.offset,
-                }, option=_JSON)
+                }
+                why = self._reasons.get(arm)
+                if why is not None:
+                    record["reasons"] = why(item.features, prediction)
+                line = orjson.dumps(record, option=_JSON)
                 lines.append(line)
                 if self.audit is not None:
                     self.audit.trail.append((item, line, arm.version, arm.name, arm.role, now,

@@ -1,0 +1,113 @@
+"""Reason codes at scoring time: each prediction's top-k reasons (feature, value,
+contribution), the "adverse action notice" of credit scoring.
+
+Computed on the model as it scores (``scoring.explain.top_k``), so they cost the hot path
+a little; ``riffle explain`` gives the full explanation later, of the exact model state.
+
+- **Linear** (``LogisticRegression``/``LinearRegression``, alone or after one
+  ``StandardScaler``): a feature's contribution is its weight times its scaled value — a
+  share of the raw score (log-odds, or the value); the reasons are the k largest by size.
+  The same terms as :func:`pipelines.audit.explainers.linear`.
+- **Hoeffding trees** (classifier or regressor, alone or after transformers): along the
+  record's path from the root, each split's contribution is how much the predicted
+  class's share (a regressor: the mean target) changed from the node to the child taken,
+  from the statistics the nodes hold (branches keep theirs from when they split) — path
+  contributions in the manner of Saabas. They sum to the leaf's share minus the root's.
+- Any other model: no reason codes (:func:`reasons_for` returns None).
+
+>>> from river import linear_model, preprocessing
+>>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+>>> for x, y in [({"a": 1.0, "b": 2.0}, True), ({"a": 3.0, "b": 0.0}, False)] * 5:
+...     model.learn_one(x, y)
+>>> x = {"a": 3.0, "b": 0.0}
+>>> top = reasons_for(model, 5)(x, False)       # every feature: they add up to the log-odds
+>>> import math
+>>> p = model.predict_proba_one(x)[True]
+>>> lr = model["LogisticRegression"]
+>>> abs(sum(c for _, _, c in top) + lr.intercept - math.log(p / (1 - p))) < 1e-9
+True
+>>> reasons_for(model, 1)(x, False) == top[:1]
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from river import compose, linear_model, preprocessing, tree
+from river.tree.nodes.branch import DTBranch
+
+__all__ = ["Reasons", "reasons_for"]
+
+Reasons = Callable[[dict[str, Any], Any], list[list[Any]]]
+"""``reasons(features, prediction)``: the top-k reasons, largest first, each
+``[feature, value, contribution]`` (triples: a prediction record stays small)."""
+
+_LINEAR = (linear_model.LogisticRegression, linear_model.LinearRegression)
+_TREES = (tree.HoeffdingTreeClassifier, tree.HoeffdingTreeRegressor)
+
+
+def reasons_for(model: Any, top_k: int) -> Reasons | None:
+    """The reason codes of ``model``'s predictions, or None for a model without them."""
+    steps = list(model.steps.values()) if isinstance(model, compose.Pipeline) else [model]
+    final, front = steps[-1], steps[:-1]
+    if isinstance(final, _LINEAR) and len(front) <= 1 and all(
+            type(s) is preprocessing.StandardScaler for s in front):
+        return _linear(final, front[0] if front else None, top_k)
+    if isinstance(final, _TREES) and all(hasattr(s, "transform_one") for s in front):
+        return _tree(final, front, top_k)
+    return None
+
+
+def _linear(model: Any, scaler: Any, top_k: int) -> Reasons:
+    if scaler is not None and scaler.window_size is None and scaler.with_std:
+        # StandardScaler.transform_one's arithmetic, folded into one pass (no scaled dict).
+        means, variances = scaler.means, scaler.vars
+
+        def reasons(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
+            weight = model._weights.get  # the live weights (learning may replace them)
+            terms = sorted([(abs(c), f, c) for f, xi in x.items() if (c := weight(f, 0.0) * (
+                (xi - means[f]) / v**0.5 if (v := variances[f]) else 0.0))], reverse=True)
+            return [[f, x[f], c] for _, f, c in terms[:top_k]]
+
+        return reasons
+    transform = scaler.transform_one if scaler is not None else None
+
+    def general(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
+        scaled = transform(x) if transform is not None else x
+        weight = model._weights.get
+        terms = sorted([(abs(c), f, c) for f, v in scaled.items() if (c := weight(f, 0.0) * v)],
+                       reverse=True)
+        return [[f, x[f], c] for _, f, c in terms[:top_k]]
+
+    return general
+
+
+def _tree(model: Any, front: list[Any], top_k: int) -> Reasons:
+    classifier = isinstance(model, tree.HoeffdingTreeClassifier)
+
+    def share(stats: Any, target: Any) -> float:
+        if classifier:
+            total = sum(stats.values()) if stats else 0.0
+            return stats.get(target, 0.0) / total if total else 0.0
+        return stats.mean.get() if hasattr(stats, "mean") else 0.0
+
+    def reasons(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
+        xt = x
+        for step in front:
+            xt = step.transform_one(xt)
+        root = model._root
+        if not isinstance(root, DTBranch):
+            return []
+        path = list(root.walk(xt, until_leaf=True))
+        terms = []
+        for node, child in itertools.pairwise(path):
+            c = share(child.stats, prediction) - share(node.stats, prediction)
+            if c:
+                terms.append((abs(c), node.feature, c))
+        terms.sort(reverse=True)
+        return [[f, x.get(f), c] for _, f, c in terms[:top_k]]
+
+    return reasons
