@@ -170,7 +170,8 @@ class Checkpointer:
             await loop.run_in_executor(None, self._audit.commit_index, manifest.id, seq,
                                        manifest.segments, manifest.created_at)
         parent, self.manifest = self.manifest, manifest
-        await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep)
+        await loop.run_in_executor(None, self._store.prune, cfg.checkpoint.keep,
+                                   cfg.checkpoint.retain)
         await loop.run_in_executor(None, self._register, manifest, parent, scorers)
         return manifest
 

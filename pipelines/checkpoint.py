@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import time
 from typing import Any, NamedTuple
 
 import orjson
@@ -39,13 +40,13 @@ from pyarrow import fs
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.audit.trail import Segment
-from pipelines.config import CheckpointConfig
+from pipelines.config import CheckpointConfig, RetainConfig
 from pipelines.errors import CheckpointError, DamagedCheckpoint
 from pipelines.storage import resolve
 
 __all__ = ["CheckpointError", "CheckpointSchedule", "CheckpointStore", "Damage",
            "DamagedCheckpoint", "Manifest", "Part", "ResumePoint", "checkpoint_id",
-           "dumps_state", "loads_state", "resume_point"]
+           "dumps_state", "loads_state", "resume_point", "retained"]
 
 MANIFEST = "MANIFEST.json"
 
@@ -188,13 +189,15 @@ class CheckpointStore:
                                   "does not match its SHA-256 in the manifest"))
         return out
 
-    def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` committed checkpoints, and any uncommitted
-        folder older than the newest committed one. Returns what was deleted."""
+    def prune(self, keep: int, retain: RetainConfig | None = None, *,
+              now: float | None = None) -> list[str]:
+        """Delete all but the newest ``keep`` committed checkpoints and those ``retain``
+        keeps (:func:`retained`), and any uncommitted folder older than the newest
+        committed one. Returns what was deleted."""
         manifests = self.manifests()
         if not manifests:
             return []
-        kept = {m.id for m in manifests[-keep:]}
+        kept = {m.id for m in manifests[-keep:]} | retained(manifests, retain, now=now)
         newest = manifests[-1].seq
         gone = []
         for info in self._fs.get_file_info(fs.FileSelector(self._root, allow_not_found=True)):
@@ -206,6 +209,40 @@ class CheckpointStore:
                 self._fs.delete_dir(self._path(name))
                 gone.append(name)
         return sorted(gone)
+
+
+def retained(manifests: list[Manifest], retain: RetainConfig | None, *,
+             now: float | None = None) -> set[str]:
+    """The ids of the committed checkpoints (``manifests``, oldest first) that ``retain``
+    keeps beyond the newest few: the oldest (within ``max_age_s``), then each one at
+    least ``every`` checkpoint numbers after the last one kept.
+
+    The choice is stable as pruning goes on: the checkpoints between two kept ones are
+    never kept, so deleting them does not move the next one kept.
+
+    >>> ms = [Manifest(id=checkpoint_id(s), seq=s, created_at=float(s), pipeline="p",
+    ...                config_hash="c", positions={}, parts={}) for s in (1, 2, 3, 5, 6, 8)]
+    >>> sorted(retained(ms, RetainConfig(every=3)))
+    ['ckpt-000001', 'ckpt-000005', 'ckpt-000008']
+    >>> sorted(retained([m for m in ms if m.seq in (1, 5, 6, 8)], RetainConfig(every=3)))
+    ['ckpt-000001', 'ckpt-000005', 'ckpt-000008']
+    >>> sorted(retained(ms, RetainConfig(every=3, max_age_s=4.5), now=9.0))
+    ['ckpt-000005', 'ckpt-000008']
+    >>> retained(ms, None)
+    set()
+    """
+    if retain is None or retain.every is None:
+        return set()
+    if retain.max_age_s is not None:
+        oldest = (time.time() if now is None else now) - retain.max_age_s
+        manifests = [m for m in manifests if m.created_at >= oldest]
+    out: set[str] = set()
+    last: int | None = None
+    for m in manifests:
+        if last is None or m.seq >= last + retain.every:
+            out.add(m.id)
+            last = m.seq
+    return out
 
 
 class Damage(NamedTuple):

@@ -43,6 +43,7 @@ __all__ = [
     "PromotionConfig",
     "RegistryConfig",
     "RestartPolicyConfig",
+    "RetainConfig",
     "RuntimeConfig",
     "ScoringConfig",
     "SourceConfig",
@@ -316,6 +317,26 @@ class SupervisionConfig(_Frozen):
     sink: RestartPolicyConfig = RestartPolicyConfig()
 
 
+class RetainConfig(_Frozen):
+    """Committed checkpoints kept beyond ``keep``, so that ``riffle explain`` can rebuild
+    the model that scored an old record: it starts from the checkpoint the record's model
+    continued from or, once that one is pruned, from the newest retained one before it,
+    and replays the training log from there.
+
+    The trade-off is disk against reach and speed: with ``every: N`` one checkpoint in N
+    stays (a checkpoint's size each time), and an explanation replays at most N
+    checkpoint intervals of examples. Without it only ``keep`` checkpoints stay: older
+    records are explained by replaying from the run's start (when the run began from a
+    fresh model and its training log is all there), else not at all.
+    """
+
+    every: Annotated[int, Field(ge=1)] | None = None
+    """Keep a committed checkpoint whenever the last one kept is ``every`` or more
+    checkpoint numbers behind it (so about one in ``every``)."""
+    max_age_s: Annotated[float, Field(gt=0)] | None = None
+    """...but none older than this (seconds): bounds the disk a long run takes."""
+
+
 class CheckpointConfig(_Frozen):
     """Aligned checkpoints: every scorer's model and pending labels, with the positions."""
 
@@ -329,6 +350,8 @@ class CheckpointConfig(_Frozen):
     ``hdfs://...``); default ``<out_dir>/checkpoints``."""
     keep: Annotated[int, Field(ge=1)] = 3
     """Committed checkpoints kept; older ones are pruned."""
+    retain: RetainConfig = RetainConfig()
+    """Older checkpoints kept as well (for ``riffle explain``)."""
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """A checkpoint not complete after this long is abandoned (never committed)."""
 

@@ -5,6 +5,7 @@
   :mod:`~pipelines.cli.models`: ``models ...``; :mod:`~pipelines.cli.train`: ``train``;
   :mod:`~pipelines.cli.audit`: ``audit verify``, ``audit prove`` (the access log);
   :mod:`~pipelines.cli.lineage`: ``audit record``, ``audit model``, ``audit key``;
+  :mod:`~pipelines.cli.explain`: ``explain`` (a record's score, of the model then);
   :mod:`~pipelines.cli.forget`: ``forget`` (erase a data subject, unlearn it exactly);
 - :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
   run exit code 1.
@@ -21,6 +22,7 @@ import click
 
 from pipelines.cli.audit import audit
 from pipelines.cli.data import produce, sample, tail
+from pipelines.cli.explain import explain
 from pipelines.cli.forget import forget
 from pipelines.cli.lineage import key, model, record
 from pipelines.cli.models import models
@@ -40,6 +42,7 @@ def cli() -> None:
 
 for command in (validate, run, sample, produce, tail, status, models, train, audit):
     cli.add_command(command)
+cli.add_command(explain)
 cli.add_command(forget)
 for command in (record, model, key):
     audit.add_command(command)
