@@ -101,7 +101,7 @@ def _tree(model: Any, front: list[Any], top_k: int) -> Reasons:
         root = model._root
         if not isinstance(root, DTBranch):
             return []
-        path = list(root.walk(xt, until_leaf=True))
+        path: list[Any] = list(root.walk(xt, until_leaf=True))  # branches, then a leaf
         terms = []
         for node, child in itertools.pairwise(path):
             c = share(child.stats, prediction) - share(node.stats, prediction)

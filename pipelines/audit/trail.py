@@ -151,6 +151,15 @@ def _text(values: Iterable[bytes]) -> pa.Array:
     return pa.array(values, pa.binary()).view(pa.string())
 
 
+def _record_columns(events: tuple[Any, ...]) -> list[pa.Array]:
+    """Where each row's record is: record_id, key, topic, partition, offset."""
+    return [pa.array([e.record_id for e in events], pa.string()),
+            pa.array([e.key for e in events], pa.string()),
+            pa.array([e.topic for e in events], pa.string()),
+            pa.array([e.partition for e in events], pa.int32()),
+            pa.array([e.offset for e in events], pa.int64())]
+
+
 def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
                 ) -> pa.Table:
     """The audit trail's rows as a table of :data:`TRAIL`."""
@@ -158,11 +167,7 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
     events, outputs, versions, arms, roles, scored_at, examples = (
         zip(*rows, strict=True) if rows else ((),) * 7)
     return pa.Table.from_arrays([
-        pa.array([e.record_id for e in events], pa.string()),
-        pa.array([e.key for e in events], pa.string()),
-        pa.array([e.topic for e in events], pa.string()),
-        pa.array([e.partition for e in events], pa.int32()),
-        pa.array([e.offset for e in events], pa.int64()),
+        *_record_columns(events),
         pa.array([e.event_time for e in events], pa.float64()),
         pa.array(scored_at, pa.float64()),
         pa.array(versions, pa.string()),
@@ -183,11 +188,7 @@ def training_table(rows: list[tuple[Any, ...]], scorer: str) -> pa.Table:
     events, labels, versions, arms, seqs, learned_at = (
         zip(*rows, strict=True) if rows else ((),) * 6)
     return pa.Table.from_arrays([
-        pa.array([e.record_id for e in events], pa.string()),
-        pa.array([e.key for e in events], pa.string()),
-        pa.array([e.topic for e in events], pa.string()),
-        pa.array([e.partition for e in events], pa.int32()),
-        pa.array([e.offset for e in events], pa.int64()),
+        *_record_columns(events),
         _text(_labels(labels)),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),

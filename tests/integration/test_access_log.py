@@ -11,14 +11,12 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from pipelines.audit.ledger import Frontier, TreeHead, entry_bytes, leaf_hash, tree_root
 from pipelines.audit.subjects import SALT_ENV, subject_hash
@@ -29,39 +27,6 @@ from pipelines.registry.migrate import alembic_config, make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 LR = "sklearn.linear_model.LogisticRegression"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty registry database: a SQLite file where the CLI looks by default, or a
-    fresh database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'out' / 'registry.db'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"riffle_access_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
-def make_registry(db_url: str) -> Iterator[Callable[[], Registry]]:
-    opened: list[Registry] = []
-
-    def make() -> Registry:
-        opened.append(Registry(db_url))
-        return opened[-1]
-
-    yield make
-    for registry in opened:
-        registry.close()
 
 
 @pytest.fixture(autouse=True)
