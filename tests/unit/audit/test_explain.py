@@ -185,7 +185,6 @@ def test_explain_unknown_record_is_an_audit_error(drive: Callable[..., Any]) -> 
 
 def test_explain_other_model_gives_shap_values_summing_to_the_score(
         drive: Callable[..., Any]) -> None:
-    pytest.importorskip("shap")
     cfg, ids = drive({"steps": [{"name": "naive_bayes.GaussianNB"}]})
     doc = _explain(cfg, ids[-1])
     assert doc["exact"] and doc["method"] == "shap"
