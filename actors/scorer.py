@@ -92,10 +92,9 @@ class ScorerActor:
         if generation != self._generation:  # sent before a restart: replayed anew
             return _NOTHING
         out = self._core.process(decode_batch(data))
-        rows = self._core.audit
-        if rows is not None and len(rows) >= self._audit_rows:
-            assert self._writer is not None
-            self._writer.flush(rows, self._core.checkpoint)
+        if self._writer is not None:
+            assert self._core.audit is not None
+            self._writer.absorb(self._core.audit, self._core.checkpoint)
         return out
 
     def barrier(self, barrier: Barrier, generation: int = 0) -> ScorerPart | None:

@@ -129,8 +129,9 @@ def riffle_stages(config: PipelineConfig, out: Path) -> dict[str, float]:
         t6 = clock()
         audited.process(batch)
         t7 = clock()
-        if len(audited.audit) >= config.audit.segment_rows or reader.exhausted:
-            writer.barrier(audited.audit, None, seq)  # written and waited for: all its CPU
+        writer.absorb(audited.audit, None)  # process_time counts the writer thread's CPU too
+        if reader.exhausted:
+            writer.barrier(audited.audit, None, seq)
         t8 = clock()
         seq += 1
         for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5,

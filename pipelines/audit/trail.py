@@ -301,13 +301,21 @@ class AuditStore:
 
 
 class SegmentWriter:
-    """A scorer's side of the trail: its rows to segments, off the scoring thread, and
-    the segments a checkpoint commits.
+    """A scorer's side of the trail: its rows to Arrow as they come, to Parquet segments
+    off the scoring thread, and the segments a checkpoint commits.
 
-    :meth:`flush` hands the rows to one writer thread; :meth:`barrier` waits for every
-    write and returns the segments not yet committed (those of an abandoned checkpoint
-    too); :meth:`committed` forgets the ones a committed checkpoint listed.
+    :meth:`absorb` (after each batch) turns the rows into Arrow tables a thousand or so at
+    a time, on the scoring thread: that work holds Python's lock, and done in small steps
+    it lengthens each batch a little instead of stalling a batch for a whole segment's
+    worth (a thread converting 25,000 rows at once doubled the pipeline's p99). Once
+    ``rows_per_segment`` rows are held, one writer thread concatenates and encodes them
+    (Parquet and zstd release the lock). :meth:`barrier` writes the rest, waits for
+    every write and returns the segments not yet committed (those of an abandoned
+    checkpoint too); :meth:`committed` forgets the ones a committed checkpoint listed.
     """
+
+    CHUNK = 1000
+    """Rows converted to Arrow at a time."""
 
     def __init__(self, store: AuditStore, *, scorer: str, generation: int,
                  rows_per_segment: int) -> None:
@@ -316,29 +324,43 @@ class SegmentWriter:
         self._generation = generation
         self.rows_per_segment = rows_per_segment
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"audit-{scorer}")
+        self._tables: dict[Kind, list[pa.Table]] = {"trail": [], "training": []}
+        self._held = 0
         self._pending: list[list[Any]] = []
         """[future of a Segment, seq of the barrier that first listed it or None]."""
 
-    def flush(self, rows: AuditRows, checkpoint: str | None) -> None:
-        """Write what ``rows`` holds (and empty it)."""
+    def absorb(self, rows: AuditRows, checkpoint: str | None) -> None:
+        """After a batch: convert the rows once there are enough; write a segment once
+        enough are held. ``checkpoint``: the last committed one (every row held was
+        scored after the last barrier, so after it)."""
+        if len(rows) >= self.CHUNK:
+            self._convert(rows, checkpoint)
+            if self._held >= self.rows_per_segment:
+                self._submit()
+
+    def _convert(self, rows: AuditRows, checkpoint: str | None) -> None:
         trail, training = rows.take_trail(), rows.take_training()
         if trail:
-            self._pending.append([self._pool.submit(
-                self._write, "trail", trail_table, trail, checkpoint), None])
+            self._tables["trail"].append(trail_table(trail, self._scorer, checkpoint))
         if training:
-            self._pending.append([self._pool.submit(
-                self._write, "training", training_table, training, None), None])
+            self._tables["training"].append(training_table(training, self._scorer))
+        self._held += len(trail) + len(training)
 
-    def _write(self, kind: Kind, build: Any, rows: list[tuple[Any, ...]],
-               checkpoint: str | None) -> Segment:
-        table = (build(rows, self._scorer, checkpoint) if kind == "trail"
-                 else build(rows, self._scorer))
-        return self._store.write_segment(kind, table, scorer=self._scorer,
+    def _submit(self) -> None:
+        for kind, tables in self._tables.items():
+            if tables:
+                self._pending.append([self._pool.submit(self._write, kind, tables), None])
+        self._tables = {"trail": [], "training": []}
+        self._held = 0
+
+    def _write(self, kind: Kind, tables: list[pa.Table]) -> Segment:
+        return self._store.write_segment(kind, pa.concat_tables(tables), scorer=self._scorer,
                                          generation=self._generation)
 
     def barrier(self, rows: AuditRows, checkpoint: str | None, seq: int) -> list[Segment]:
         """Everything written, and the segments a checkpoint numbered ``seq`` commits."""
-        self.flush(rows, checkpoint)
+        self._convert(rows, checkpoint)
+        self._submit()
         out = []
         for entry in self._pending:
             future: Future[Segment] = entry[0]
