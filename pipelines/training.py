@@ -39,7 +39,8 @@ from pipelines.registry import DataManifest, ModelVersion, Registry, batch_versi
 from pipelines.registry.provenance import sha256_hex
 from pipelines.storage import file_uri, is_url, resolve
 
-__all__ = ["Format", "build_estimator", "history_format", "read_history", "train"]
+__all__ = ["Format", "build_estimator", "fit", "history_format", "read_history", "read_matrix",
+           "train"]
 
 Format = Literal["json", "csv", "parquet"]
 _SUFFIXES: dict[str, Format] = {".jsonl": "json", ".ndjson": "json", ".json": "json",
@@ -60,28 +61,11 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
     estimator = build_estimator(spec)
     if not is_url(where) and not Path(where).exists():
         raise SourceError(f"{where}: no such file or folder")
-    fmt = history_format(where)
-    frame = read_history(where, fmt, num_cpus=config.runtime.num_cpus)
-    features = _features(frame, spec, where)
-    X, y = _matrix(frame, features, spec.label_column, where)
-    n_rows = len(frame)
+    X, y, features, fmt = read_matrix(spec, where, num_cpus=config.runtime.num_cpus)
+    n_rows = len(y)
     n_test = math.floor(n_rows * spec.test_fraction)
     n_train = n_rows - n_test
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            estimator.fit(X[:n_train], y[:n_train])
-        task = sklearn_task(estimator)
-        model = SklearnModel(estimator, features, task)
-    except (ValueError, TypeError) as e:
-        raise ModelError(f"training.estimator: cannot fit {spec.estimator} on {where}: "
-                         f"{first_line(e)}") from None
-    # A fit that warned (did not converge, say) is registered with its warnings, and
-    # they are still shown.
-    fit_warnings = sorted({f"{w.category.__name__}: {first_line(w.message)}"
-                           for w in caught})
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    model, fit_warnings = fit(estimator, spec, X[:n_train], y[:n_train], features, where=where)
     metrics = holdout_metrics(model, X[n_train:], y[n_train:], where=where)
 
     version_id = batch_version_id(config.name)
@@ -97,12 +81,23 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
             data=DataManifest(sources={_source_name(where): (0, n_rows)}, n_learned=n_train),
             metrics=metrics, actor=actor, logged_as="train",
             rows=n_rows, holdout_rows=n_test, features=features,
-            label_column=spec.label_column, task=task, reader="ray.data", format=fmt,
+            label_column=spec.label_column, task=model.task, reader="ray.data", format=fmt,
             steps=[public_name(type(step)) for _, step in estimator.steps],
             sklearn_version=_sklearn_version(), fit_warnings=fit_warnings)
 
 
 # -- reading -------------------------------------------------------------------------
+
+def read_matrix(spec: TrainingConfig, where: str, *, num_cpus: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[str], Format]:
+    """The history at ``where`` as ``spec`` trains on it: the feature matrix (columns in
+    feature order), the labels, the feature names and the format read."""
+    fmt = history_format(where)
+    frame = read_history(where, fmt, num_cpus=num_cpus)
+    features = _features(frame, spec, where)
+    X, y = _matrix(frame, features, spec.label_column, where)
+    return X, y, features, fmt
+
 
 def history_format(path: str) -> Format:
     """How to read ``path``: by its suffix, or for a local folder by the files in it.
@@ -231,6 +226,28 @@ def _matrix(frame: pd.DataFrame, features: list[str], label: str,
 
 
 # -- fitting and measuring -----------------------------------------------------------
+
+def fit(estimator: Any, spec: TrainingConfig, X: np.ndarray, y: np.ndarray,
+        features: list[str], *, where: str) -> tuple[SklearnModel, list[str]]:
+    """``estimator`` (from :func:`build_estimator`) fitted on ``X``, ``y``, as the model
+    a scorer serves, and the warnings of the fit (shown too)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator.fit(X, y)
+        task = sklearn_task(estimator)
+        model = SklearnModel(estimator, features, task)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"training.estimator: cannot fit {spec.estimator} on {where}: "
+                         f"{first_line(e)}") from None
+    # A fit that warned (did not converge, say) is registered with its warnings, and
+    # they are still shown.
+    fit_warnings = sorted({f"{w.category.__name__}: {first_line(w.message)}"
+                           for w in caught})
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model, fit_warnings
+
 
 def build_estimator(spec: TrainingConfig) -> Any:
     """A fresh pipeline: ``StandardScaler`` (if ``scale``) and the estimator of ``spec``.
