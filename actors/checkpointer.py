@@ -89,12 +89,15 @@ class Checkpointer:
         seq, self._seq = self._seq, self._seq + 1
         return seq, checkpoint_id(seq)
 
-    async def aligned(self, ingest: list[Any], scorers: list[Any]) -> Manifest | None:
-        """An aligned checkpoint through the running pipeline; None if abandoned."""
+    async def aligned(self, ingest: list[Any], scorers: list[Any], *, held: bool = False
+                      ) -> Manifest | None:
+        """An aligned checkpoint through the running pipeline; None if abandoned.
+        ``held``: the ingest actors hold after their barrier and still hold once it is
+        committed (the caller resumes them: a forget rebuilds from this checkpoint)."""
         seq, ckpt = self._next_id()
         started = time.monotonic()
         n = len(ingest)
-        hold = n > 1
+        hold = n > 1 or held
         timeout_s = self._config.checkpoint.timeout_s
         barrier = Barrier(ckpt, seq, n, hold)
         try:
@@ -121,7 +124,8 @@ class Checkpointer:
             positions.update(r.positions)
         manifest = await self._commit(seq, ckpt, results, scorer_parts, positions,
                                       sum(r.events for r in results), final=False)
-        await resume_reading(ingest)
+        if not held:
+            await resume_reading(ingest)
         duration = time.monotonic() - started
         # How long reading or scoring stood still for it: held ingest actors wait for the
         # whole checkpoint; a single one only while it injects, and scorers while they write.
@@ -133,6 +137,13 @@ class Checkpointer:
         except ray.exceptions.RayError as e:  # a scorer died just after the commit
             raise ActorFailed("supervisor", f"after checkpoint {ckpt}: {cause_line(e)}") from None
         return manifest
+
+    def adopt(self, manifest: Manifest) -> None:
+        """A checkpoint committed beside the running actors (a forget's rebuild, with the
+        positions of the last one) becomes the last: restarts and the next checkpoints
+        continue from it."""
+        self.manifest = manifest
+        self._seq = max(self._seq, manifest.seq + 1)
 
     async def final(self, ingest: list[Any], scorers: list[Any], stats: list[dict[str, Any]],
                     generation: int) -> None:

@@ -11,6 +11,9 @@ With ``launch.promotion.mode: auto`` and one candidate deployed, the arms' gains
 gathered from the scorers at each poll and the promotion policy decides; a promotion
 goes through the same path as an operator's, with the numbers behind the decision.
 
+A ``forget`` message (``riffle forget`` on a running pipeline) is handed, under the same
+lock, to :attr:`ControlPath.on_forget` (the Supervisor's :mod:`actors.erasure`).
+
 The decisions are Ray-free (``lifecycle``, ``promotion``, ``control``); this class only
 carries them to the actors and back.
 """
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from pipelines.audit.forget_request import forget_id
 from pipelines.checkpoint import Manifest
 from pipelines.config import PipelineConfig
 from pipelines.control import channel_name, open_control
@@ -76,6 +80,8 @@ class ControlPath:
         self._policy: PromotionPolicy | None = None
         self._policy_for: Deployment | None = None
         self._task: asyncio.Task[None] | None = None
+        self.on_forget: Callable[[str], Awaitable[None]] | None = None
+        """Applies a forget request (its id), called with :attr:`lock` held."""
 
     @property
     def deployment(self) -> Deployment:
@@ -121,10 +127,22 @@ class ControlPath:
                 self._log.record("control_error", "supervisor", f"{type(e).__name__}: {e}")
                 messages = []
             for position, raw in messages:
+                request = forget_id(raw)
+                if request is not None:
+                    await self._forget(request)
+                    continue
                 await self.command(raw, channel_name(self._config, position,
                                                      out_dir=self._out_dir))
             await self._evaluate_candidate()
             await asyncio.sleep(interval)
+
+    async def _forget(self, request: str) -> None:
+        if self.on_forget is None:
+            self._log.record("command_rejected", "supervisor", "forget: no erasure path",
+                             request=request)
+            return
+        async with self.lock:
+            await self.on_forget(request)
 
     async def command(self, raw: bytes, channel: str, details: dict[str, Any] | None = None,
                       *, strict: bool = False) -> dict[str, Any] | None:

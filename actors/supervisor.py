@@ -15,7 +15,8 @@ the ingest actors that own the source partitions). While the pipeline runs it
   says (every ``interval_s`` seconds or ``every_events`` events), taken by its
   :class:`~actors.checkpointer.Checkpointer`;
 - runs the control path (:class:`~actors.control.ControlPath`): commands and
-  checkpoints take turns, and a rebuild waits for both;
+  checkpoints take turns, and a rebuild waits for both; a forget request is applied by
+  :class:`~actors.erasure.Erasure` on the same turn (the watch pauses while it swaps);
 - writes every failure, restart, escalation and checkpoint to ``supervision.jsonl``.
 
 A resumed run starts from the newest checkpoint whose every part matches its hash
@@ -33,6 +34,7 @@ import ray
 
 from actors.checkpointer import Checkpointer
 from actors.control import ControlPath
+from actors.erasure import Erasure
 from actors.topology import Topology
 from pipelines.checkpoint import CheckpointSchedule, CheckpointStore, Manifest, resume_point
 from pipelines.config import PipelineConfig
@@ -61,6 +63,7 @@ class Supervisor:
         self._policies = {"scorer": RestartPolicy(sup.scorer), "ingest": RestartPolicy(sup.ingest),
                           "sink": RestartPolicy(sup.sink)}
         self._control: ControlPath
+        self._erasure: Erasure
         self._actors: Topology
         self._checkpoints: Checkpointer | None = None
         """None without a checkpoint store (checkpoints disabled, not resuming)."""
@@ -70,6 +73,10 @@ class Supervisor:
         self._main: asyncio.Task[list[dict[str, Any]]] | None = None
         self._ckpt_task: asyncio.Task[Manifest | None] | None = None
         self._resumed_at = 0.0
+        self._swapping = False
+        """A forget rewinds the data path: the watch loop looks away meanwhile."""
+        self._failure: ActorFailed | None = None
+        """A failure met by a forget, for the watch loop to recover from."""
 
     # -- the topology ------------------------------------------------------------------
     async def start(self, resume: bool = False) -> list[str]:
@@ -118,6 +125,11 @@ class Supervisor:
                 cfg, store=store, log=self._log, control=self._control, registry=registry,
                 seq=seq, manifest=self._manifest, baseline=baseline)
             await loop.run_in_executor(None, self._checkpoints.prepare_audit)
+        self._erasure = Erasure(
+            cfg, out_dir=self._out_dir, store_url=self._store_url, log=self._log,
+            checkpoints=self._checkpoints, rewind=self._rebuild_data_path,
+            data_path=lambda: (self._actors.ingest, self._actors.scorers))
+        self._control.on_forget = self._forget
         self._started = time.time()
         try:
             await self._build(append=resume)
@@ -181,6 +193,23 @@ class Supervisor:
                                   rewind_source=rewind_source)
         self._resumed_at = time.time()
 
+    async def _forget(self, request: str) -> None:
+        """A forget request (the control path holds its lock). A failure it meets (an
+        actor's, or one that may leave reading held) is recovered from by the watch
+        loop: the data path restarts from the last checkpoint, the rebuilt one once it
+        is committed."""
+        self._swapping = True
+        try:
+            await self._erasure.forget(request)
+        except ActorFailed as e:
+            self._failure = ActorFailed(await self._culprit(e.actor), e.error)
+        except Exception as e:
+            self._failure = ActorFailed("supervisor", f"during a forget: {cause_line(e)}")
+        finally:
+            self._swapping = False
+        if self._stopped:  # stopped meanwhile: the rewound ingest actors stop too
+            await self.stop()
+
     def _last_checkpoint(self) -> Manifest | None:
         return self._checkpoints.manifest if self._checkpoints else self._manifest
 
@@ -212,6 +241,12 @@ class Supervisor:
         actors = self._actors
         while len(done) < len(actors.runs):
             await asyncio.sleep(TICK_S)
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            if self._swapping:  # old runs end and actors are replaced: not failures
+                pings.clear()
+                continue
             pending = [r for i, r in enumerate(actors.runs) if i not in done]
             ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
             for ref in ready:

@@ -1,4 +1,5 @@
-"""Forgetting a data subject (GDPR Art. 17) on a stopped pipeline: ``riffle forget``.
+"""Forgetting a data subject (GDPR Art. 17): ``riffle forget``, on a stopped pipeline or
+on a running one that its Supervisor holds at a fresh checkpoint (:mod:`actors.erasure`).
 
 **Models: exact unlearning.** The subject's earliest row in the committed audit data (a
 trail row or a training-log row) was committed by checkpoint F. Every checkpoint from F
@@ -61,7 +62,7 @@ from pipelines.config import FileSourceConfig, KafkaSourceConfig, PipelineConfig
 from pipelines.errors import AuditError
 from pipelines.storage import resolve
 
-__all__ = ["OUTPUT_FILES", "Forgetter"]
+__all__ = ["OUTPUT_FILES", "Forgetter", "running_since"]
 
 OUTPUT_FILES = ("predictions.jsonl", "dead_letters.jsonl", "shadow.jsonl")
 _GAPS = "erasure/gaps.json"
@@ -99,10 +100,13 @@ class Forgetter:
 
     # -- the one verb ------------------------------------------------------------------
     def forget(self, key: str, *, reason: str | None = None, suppress: bool = False,
-               clock: Callable[[], float] = time.time) -> dict[str, Any]:
-        """Erase ``key``'s data and unlearn it (see the module); returns the certificate."""
+               clock: Callable[[], float] = time.time, held: bool = False) -> dict[str, Any]:
+        """Erase ``key``'s data and unlearn it (see the module); returns the certificate.
+        ``held``: the pipeline runs, held by its Supervisor at its newest checkpoint
+        (:mod:`actors.erasure`), which rewinds it to the rebuilt one afterwards."""
         started = time.perf_counter()
-        self._check_stopped(clock())
+        if not held:
+            self._check_stopped(clock())
         hashed = subject_hash(key)
         self.audit.reconcile(self.store.manifests())
         discarded = self.audit.discard_uncommitted()  # rows no checkpoint committed
@@ -142,18 +146,10 @@ class Forgetter:
 
     # -- where the subject is -----------------------------------------------------------
     def _check_stopped(self, now: float) -> None:
-        status, summary = self.out / "status.json", self.out / "summary.json"
-        if not status.exists():
-            return
-        if summary.exists() and summary.stat().st_mtime >= status.stat().st_mtime:
-            return
-        try:
-            written = float(orjson.loads(status.read_bytes()).get("written_at", 0.0))
-        except (OSError, ValueError):
-            return
-        if now - written < _RUNNING_S:
+        age = running_since(self.out, now)
+        if age is not None:
             raise AuditError(f"pipeline {self.config.name} is running (its status was "
-                             f"written {now - written:.1f} s ago): stop it first, then forget")
+                             f"written {age:.1f} s ago): forget through its control stream")
 
     def _subject_rows(self, key: str) -> list[dict[str, Any]]:
         with AuditQuery(self.store_url) as q:
@@ -471,6 +467,21 @@ class Forgetter:
         with self._fs.open_output_stream(f"{path}.tmp") as out:
             out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         self._fs.move(f"{path}.tmp", path)
+
+
+def running_since(out: Path, now: float) -> float | None:
+    """How long ago the pipeline writing to ``out`` wrote its status, if it seems to run
+    (a status newer than its summary, written less than 10 s ago); else None."""
+    status, summary = out / "status.json", out / "summary.json"
+    if not status.exists():
+        return None
+    if summary.exists() and summary.stat().st_mtime >= status.stat().st_mtime:
+        return None
+    try:
+        written = float(orjson.loads(status.read_bytes()).get("written_at", 0.0))
+    except (OSError, ValueError):
+        return None
+    return now - written if now - written < _RUNNING_S else None
 
 
 def _parquet(table: pa.Table) -> bytes:
