@@ -20,8 +20,8 @@ under the control path's lock: no command and no checkpoint runs beside it.
    new generation, the way a restart rewinds it: every scorer resets in place from C'
    (the rebuilt models), every ingest actor from C' (the same positions as C, so nothing
    is read twice or skipped; the dedupe memory without the subject; the suppression
-   list reloaded), and the sink is replaced (it reopens the output files the forget
-   rewrote). Reading resumes.
+   list reloaded); the sink, idle, reopens the output files the forget rewrote (its
+   counts go on). Reading resumes.
 
 Batches in flight: none. The hold drained them before C, and nothing is read between
 C and the swap, so the swap discards no work. An actor that dies during the rebuild or
@@ -37,7 +37,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from actors.checkpointer import Checkpointer, resume_reading
+from actors.topology import Topology
 from pipelines.audit.forget_request import (
     ForgetRequest,
     drop_request,
@@ -47,21 +50,19 @@ from pipelines.audit.forget_request import (
 from pipelines.audit.subjects import subject_hash
 from pipelines.checkpoint import CheckpointStore, Manifest
 from pipelines.config import PipelineConfig
-from pipelines.errors import cause_line
+from pipelines.errors import ActorFailed, cause_line
 from pipelines.supervision import SupervisionLog
 
-DataPath = Callable[[], tuple[list[Any], list[Any]]]
-"""The ingest actors and scorers in service now."""
-Rewind = Callable[[str], Awaitable[None]]
-"""Rewind the data path to the last checkpoint, replacing the named actor."""
+Rewind = Callable[[], Awaitable[None]]
+"""Rewind the data path in place to the last checkpoint, as a new generation."""
 
 
 class Erasure:
     """Forget requests applied to the running pipeline, one at a time."""
 
     def __init__(self, config: PipelineConfig, *, out_dir: Path, store_url: str,
-                 log: SupervisionLog, checkpoints: Checkpointer | None, data_path: DataPath,
-                 rewind: Rewind) -> None:
+                 log: SupervisionLog, checkpoints: Checkpointer | None,
+                 data_path: Callable[[], Topology], rewind: Rewind) -> None:
         self._config = config
         self._out_dir = out_dir
         self._store_url = store_url
@@ -84,9 +85,10 @@ class Erasure:
             await self._answer(request, {"ok": False, "error": refusal})
             return
         assert self._checkpoints is not None
-        ingest, scorers = self._data_path()
+        actors = self._data_path()
+        ingest = actors.ingest
         try:
-            held = await self._checkpoints.aligned(ingest, scorers, held=True)
+            held = await self._checkpoints.aligned(ingest, actors.scorers, held=True)
         except Exception as e:
             await self._answer(request, {"ok": False, "error": "a failure while taking the "
                                          f"checkpoint to forget from: {cause_line(e)}"})
@@ -111,7 +113,7 @@ class Erasure:
         await self._answer(request, {"ok": True, "certificate": cert})
         self._log.record("forget", "supervisor", "rebuilt; swapping", checkpoint=latest.id,
                          request=request.id, duration_s=cert["duration_s"])
-        await self._rewind("sink")
+        await self._swap(actors)
 
     def _refusal(self, request: ForgetRequest) -> str | None:
         if request.pipeline != self._config.name:
@@ -147,7 +149,16 @@ class Erasure:
             await resume_reading(ingest)
             return
         self._checkpoints.adopt(latest)
-        await self._rewind("sink")
+        await self._swap(self._data_path())
+
+    async def _swap(self, actors: Topology) -> None:
+        """Onto the last checkpoint (the rebuilt one): the sink reopens its files, then
+        every actor rewinds in place."""
+        try:
+            await actors.sink.reopen.remote()
+        except ray.exceptions.RayError as e:
+            raise ActorFailed("sink", f"reopening its files: {cause_line(e)}") from None
+        await self._rewind()
 
     async def _answer(self, request: ForgetRequest, reply: dict[str, Any]) -> None:
         def write() -> None:

@@ -41,6 +41,10 @@ class SinkActor:
     def stats(self) -> dict[str, Any]:
         return self._sink.stats()
 
+    def reopen(self) -> None:
+        """The output files were rewritten beside this sink (``riffle forget``)."""
+        self._sink.reopen()
+
     def close(self) -> dict[str, Any]:
         self._sink.close()
         return self._sink.stats()

@@ -127,8 +127,8 @@ class Supervisor:
             await loop.run_in_executor(None, self._checkpoints.prepare_audit)
         self._erasure = Erasure(
             cfg, out_dir=self._out_dir, store_url=self._store_url, log=self._log,
-            checkpoints=self._checkpoints, rewind=self._rebuild_data_path,
-            data_path=lambda: (self._actors.ingest, self._actors.scorers))
+            checkpoints=self._checkpoints, data_path=lambda: self._actors,
+            rewind=lambda: self._rebuild_data_path("supervisor"))  # every actor in place
         self._control.on_forget = self._forget
         self._started = time.time()
         try:

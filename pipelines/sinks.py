@@ -162,6 +162,14 @@ class FileSink:
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "latency_ms": self.latency.summary()}
 
+    def reopen(self) -> None:
+        """Append to the files anew, counts kept: ``riffle forget`` rewrote them beside
+        this sink (replaced whole, so the open handles point at the old ones)."""
+        self.close()
+        self._predictions = open(self._predictions.name, "ab")
+        self._dead = open(self._dead.name, "ab")
+        self._shadow, self._shadow_mode = None, "ab"
+
     def close(self) -> None:
         for f in (self._predictions, self._dead, self._shadow):
             if f is not None and not f.closed:
@@ -287,6 +295,9 @@ class KafkaSink:
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "latency_ms": self.latency.summary()}
+
+    def reopen(self) -> None:
+        """Nothing to reopen: the topics are not rewritten here."""
 
     def close(self) -> None:
         self._producer.close(timeout=self._flush_timeout_s)  # sends what is left first

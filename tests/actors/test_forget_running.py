@@ -98,7 +98,7 @@ def _forget_mid_stream(root: Path, *, kill: bool) -> dict[str, Any]:
                                [r for r in rows if r["key"] not in keys]), root / "b", None)
     run_pipeline(ref)
     return {"cfg": cfg, "ref": ref, "keys": keys, "certs": certs, "rows": rows,
-            "events": events, "killed": killed}
+            "events": events, "killed": killed, "summary": summary}
 
 
 def _rebuilds(out: Path) -> int:
@@ -129,6 +129,12 @@ def test_forget_while_running_equals_a_run_that_never_saw_the_subjects(
         assert cert["models"]["skipped"] > 0 and cert["models"]["replayed"] > 0
     with Registry(forgotten_running["cfg"].registry_url()) as reg:
         assert len(reg.access_entries(action="forget")) == 3
+    # Every prediction written is in the file but the subjects' (nothing read twice: the
+    # sink wrote each record once, and kept counting across the swaps).
+    out = forgotten_running["cfg"].out_dir
+    lines = len((out / "predictions.jsonl").read_bytes().splitlines())
+    removed = sum(c["removed"]["predictions.jsonl"] for c in forgotten_running["certs"])
+    assert forgotten_running["summary"]["predictions_written"] == lines + removed
 
 
 def test_forget_while_running_leaves_no_row_of_the_subjects(
