@@ -9,8 +9,9 @@ under the control path's lock: no command and no checkpoint runs beside it.
    passes its barrier to the scorers, then reads nothing. Once C is committed no batch
    is in flight anywhere: every record before C's positions is scored, learned and
    written; none after them has been read.
-2. **Rebuild**, Ray-free, in an executor thread (the event loop still answers pings and
-   the watch loop still runs): :class:`~pipelines.audit.forget.Forgetter` against C,
+2. **Rebuild**, Ray-free, in an executor thread (the event loop stays free; the watch
+   loop looks away until the swap is done, and an actor lost meanwhile is found by the
+   swap): :class:`~pipelines.audit.forget.Forgetter` against C,
    exactly as on a stopped pipeline. The models are replayed without the subject from
    the newest retained checkpoint before its first record and committed as a new
    checkpoint C' with C's positions; the subject's rows leave every store; the
