@@ -77,6 +77,8 @@ _DICTIONARY = ["topic", "model_version", "arm", "role", "checkpoint", "scorer", 
                "label"]
 """Columns of few distinct values, dictionary-encoded in Parquet (the others are not
 tried: record ids, features and outputs are all different)."""
+_UNINDEXED = {"features", "output", "trace_id", "label"}
+"""Columns without min/max statistics (long JSON texts: no query narrows by them)."""
 
 TRAINING = pa.schema([
     ("record_id", pa.string()), ("key", pa.string()), ("topic", pa.string()),
@@ -151,13 +153,17 @@ def _text(values: Iterable[bytes]) -> pa.Array:
     return pa.array(values, pa.binary()).view(pa.string())
 
 
-def _record_columns(events: tuple[Any, ...]) -> list[pa.Array]:
+def _fields(events: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
+    """The events' fields as columns (``Event``'s order), in one pass."""
+    return tuple(zip(*events, strict=True)) if events else ((),) * 8
+
+
+def _record_columns(fields: tuple[tuple[Any, ...], ...]) -> list[pa.Array]:
     """Where each row's record is: record_id, key, topic, partition, offset."""
-    return [pa.array([e.record_id for e in events], pa.string()),
-            pa.array([e.key for e in events], pa.string()),
-            pa.array([e.topic for e in events], pa.string()),
-            pa.array([e.partition for e in events], pa.int32()),
-            pa.array([e.offset for e in events], pa.int64())]
+    record_id, key, _, _, partition, offset, _, topic = fields
+    return [pa.array(record_id, pa.string()), pa.array(key, pa.string()),
+            pa.array(topic, pa.string()), pa.array(partition, pa.int32()),
+            pa.array(offset, pa.int64())]
 
 
 def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
@@ -166,16 +172,17 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
     n = len(rows)
     events, outputs, versions, arms, roles, scored_at, examples = (
         zip(*rows, strict=True) if rows else ((),) * 7)
+    fields = _fields(events)
     return pa.Table.from_arrays([
-        *_record_columns(events),
-        pa.array([e.event_time for e in events], pa.float64()),
+        *_record_columns(fields),
+        pa.array(fields[2], pa.float64()),
         pa.array(scored_at, pa.float64()),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),
         pa.array(roles, pa.string()),
         pa.array([checkpoint] * n, pa.string()),
         pa.array([scorer] * n, pa.string()),
-        _text([_DUMPS(e.features, option=_OPT) for e in events]),
+        _text([_DUMPS(x, option=_OPT) for x in fields[3]]),
         _text(outputs),
         pa.nulls(n, pa.string()),
         pa.array(examples, pa.int64()),
@@ -188,7 +195,7 @@ def training_table(rows: list[tuple[Any, ...]], scorer: str) -> pa.Table:
     events, labels, versions, arms, seqs, learned_at = (
         zip(*rows, strict=True) if rows else ((),) * 6)
     return pa.Table.from_arrays([
-        *_record_columns(events),
+        *_record_columns(_fields(events)),
         _text(_labels(labels)),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),
@@ -229,9 +236,11 @@ class AuditStore:
         rel = (f"audit/{kind}/{scorer}/"
                f"{time.time_ns():020d}-g{generation}-{uuid.uuid4().hex[:8]}.parquet")
         sink = pa.BufferOutputStream()
+        names = table.schema.names
         pq.write_table(table, sink, compression="zstd", compression_level=1,
                        row_group_size=65_536,
-                       use_dictionary=[c for c in _DICTIONARY if c in table.schema.names])
+                       use_dictionary=[c for c in _DICTIONARY if c in names],
+                       write_statistics=[c for c in names if c not in _UNINDEXED])
         blob = sink.getvalue()
         self._fs.create_dir(self.path(f"audit/{kind}/{scorer}"), recursive=True)
         with self._fs.open_output_stream(self.path(rel)) as out:
