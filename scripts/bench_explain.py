@@ -25,64 +25,21 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from audit_stream import build_store
 
 from pipelines.audit.explain import Explainer
-from pipelines.audit.trail import AuditStore, trail_table, training_table
-from pipelines.checkpoint import CheckpointStore, Manifest, checkpoint_id, dumps_state
 from pipelines.config import PipelineConfig
-from pipelines.protocol import Batch, Event, Feedback
 from pipelines.registry import Registry
-from pipelines.scoring import ScorerCore
-
-NAMES = [f"f{i}" for i in range(9)]
 
 
 def build(root: Path, n: int, every: int, retain: int, delay: int = 20
           ) -> tuple[PipelineConfig, list[str]]:
-    cfg = PipelineConfig.model_validate({
-        "name": "bench", "source": {"kind": "synthetic"},
-        "output": {"out_dir": str(root / "out")},
-        "checkpoint": {"keep": 3, "retain": {"every": retain}}})
-    url = cfg.checkpoint_store_url()
-    store, audit = CheckpointStore(url), AuditStore(url)
-    core = ScorerCore(cfg.scoring, name="scorer-0", audit=True)
-    rng = random.Random(1)
-    ids: list[str] = []
-    pending: list[Feedback] = []
-    seq = 0
-    batch: list[object] = []
-    for i in range(n):
-        x = {k: rng.gauss(0, 1) for k in NAMES}
-        y = x["f0"] + 0.5 * x["f1"] - x["f2"] + rng.gauss(0, 0.5) > 0
-        rid = f"b-{i}"
-        ids.append(rid)
-        batch.append(Event(rid, f"k{i % 5000}", float(i), x, 0, 2 * i, 0.0, "bench"))
-        pending.append(Feedback(rid, f"k{i % 5000}", y, float(i), 0, 2 * i + 1, 0.0, "bench"))
-        if len(pending) > delay:
-            batch.append(pending.pop(0))
-        if len(batch) >= 500 or (i + 1) % every == 0:
-            core.process(Batch(0, batch))  # type: ignore[arg-type]
-            batch = []
-        if (i + 1) % every == 0:
-            seq += 1
-            ckpt = checkpoint_id(seq)
-            assert core.audit is not None
-            segments = [
-                audit.write_segment("trail", trail_table(core.audit.take_trail(), "scorer-0",
-                                                         core.checkpoint),
-                                    scorer="scorer-0", generation=0),
-                audit.write_segment("training", training_table(core.audit.take_training(),
-                                                               "scorer-0"),
-                                    scorer="scorer-0", generation=0)]
-            part = store.write_part(ckpt, "scorer-0", dumps_state(core.snapshot()))
-            store.commit(Manifest(id=ckpt, seq=seq, created_at=time.time(), pipeline="bench",
-                                  config_hash="c", positions={}, parts={"scorer-0": part},
-                                  segments=segments))
-            audit.commit_index(ckpt, seq, segments)
-            core.checkpoint = ckpt
-            store.prune(cfg.checkpoint.keep, cfg.checkpoint.retain)
+    """The store (scripts/audit_stream.py) and the ids of the records it committed."""
+    cfg = build_store(root / "out", n, every, retain, delay=delay)
     Registry(cfg.registry_url()).close()
-    return cfg, ids[: (n // every) * every]
+    return cfg, [f"b-{i}" for i in range((n // every) * every)]
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ the segments, the certificate.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import sys
 import tempfile
@@ -26,61 +25,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from audit_stream import build_store
 
 from pipelines.audit.forget import Forgetter
-from pipelines.audit.trail import AuditStore, trail_table, training_table
-from pipelines.checkpoint import CheckpointStore, Manifest, checkpoint_id, dumps_state
+from pipelines.checkpoint import CheckpointStore
 from pipelines.config import PipelineConfig
-from pipelines.protocol import Batch, Event, Feedback
-from pipelines.scoring import ScorerCore
-
-NAMES = [f"f{i}" for i in range(9)]
-DELAY = 20
 
 
 def build(out: Path, n: int, every: int, retain: int | None, subjects: dict[int, str]
           ) -> PipelineConfig:
-    """N records through one scorer core, written as a run writes them; record i has
-    key ``subjects[i]`` when there is one (else one of 5,000 other keys)."""
-    cfg = PipelineConfig.model_validate({
-        "name": "bench", "source": {"kind": "synthetic"}, "output": {"out_dir": str(out)},
-        "checkpoint": {"keep": 3, **({"retain": {"every": retain}} if retain else {})}})
-    url = cfg.checkpoint_store_url()
-    store, audit = CheckpointStore(url), AuditStore(url)
-    core = ScorerCore(cfg.scoring, name="scorer-0", audit=True)
-    rng = random.Random(1)
-    pending: list[Feedback] = []
-    batch: list[object] = []
-    for i in range(n):
-        x = {k: rng.gauss(0, 1) for k in NAMES}
-        y = x["f0"] + 0.5 * x["f1"] - x["f2"] + rng.gauss(0, 0.5) > 0
-        key = subjects.get(i, f"k{i % 5000}")
-        batch.append(Event(f"b-{i}", key, float(i), x, 0, 2 * i, 0.0, "bench"))
-        pending.append(Feedback(f"b-{i}", key, y, float(i), 0, 2 * i + 1, 0.0, "bench"))
-        if len(pending) > DELAY:
-            batch.append(pending.pop(0))
-        if len(batch) >= 500 or (i + 1) % every == 0:
-            core.process(Batch(0, batch))  # type: ignore[arg-type]
-            batch = []
-        if (i + 1) % every == 0:
-            seq = (i + 1) // every
-            ckpt = checkpoint_id(seq)
-            assert core.audit is not None
-            segments = [
-                audit.write_segment("trail", trail_table(core.audit.take_trail(), "scorer-0",
-                                                         core.checkpoint),
-                                    scorer="scorer-0", generation=0),
-                audit.write_segment("training", training_table(core.audit.take_training(),
-                                                               "scorer-0"),
-                                    scorer="scorer-0", generation=0)]
-            part = store.write_part(ckpt, "scorer-0", dumps_state(core.snapshot()))
-            store.commit(Manifest(id=ckpt, seq=seq, created_at=time.time(), pipeline="bench",
-                                  config_hash="c", positions={}, parts={"scorer-0": part},
-                                  segments=segments, events_read=i + 1))
-            audit.commit_index(ckpt, seq, segments)
-            core.checkpoint = ckpt
-            store.prune(cfg.checkpoint.keep, cfg.checkpoint.retain)
-    return cfg
+    """N records through one scorer core (scripts/audit_stream.py); record i has key
+    ``subjects[i]`` when there is one."""
+    return build_store(out, n, every, retain, subjects=subjects, delay=20)
 
 
 def main() -> None:
