@@ -18,9 +18,8 @@ from typing import Any
 
 import click
 
-from pipelines.cli.output import Fail, Failed, one_line, print_json, print_table
+from pipelines.cli.output import Failed, logged, one_line, print_json, print_table
 from pipelines.config import load_config
-from pipelines.errors import RiffleError
 
 __all__ = ["explain"]
 
@@ -45,23 +44,18 @@ def explain(config: Path, record_id: str, arm: str | None, as_json: bool,
     with one_line():
         cfg = load_config(config)
         registry = Registry(registry_url or cfg.registry_url(out), create=False)
+    def ask() -> dict[str, Any]:
+        with Explainer(cfg, store_url=cfg.checkpoint_store_url(out),
+                       registry=registry) as explainer:
+            return explainer.explain(record_id, arm)
+
+    def entry(doc: dict[str, Any] | None) -> dict[str, Any]:
+        about = ({"target": doc["model_version"], "subject": subject_hash(doc["key"]),
+                  "exact": doc["exact"]} if doc is not None else {})
+        return {"pipeline": cfg.name, "record": record_id, "arm": arm, **about}
+
     with registry:
-        try:
-            with Explainer(cfg, store_url=cfg.checkpoint_store_url(out),
-                           registry=registry) as explainer:
-                doc, error = explainer.explain(record_id, arm), None
-        except RiffleError as e:
-            doc, error = None, str(e)
-        try:
-            about = ({"subject": subject_hash(doc["key"]), "exact": doc["exact"]}
-                     if doc is not None else {})
-            registry.log_access("explain", pipeline=cfg.name,
-                                target=doc["model_version"] if doc else None,
-                                record=record_id, arm=arm, found=doc is not None, **about)
-        except RiffleError as e:
-            raise Fail(f"cannot log the question in the access log: {e}") from None
-    if doc is None:
-        raise Fail(str(error))
+        doc = logged(registry, "explain", ask, entry)
     if as_json:
         print_json(doc)
     else:

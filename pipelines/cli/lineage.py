@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from pipelines.cli.output import Fail, one_line, print_json, print_table
+from pipelines.cli.output import logged, one_line, print_json, print_table
 from pipelines.config import load_config
 from pipelines.errors import RiffleError
 
@@ -66,18 +66,8 @@ def _lineage(config: Path, registry_url: str | None, out: Path | None
 
 def _answer(lineage: Lineage, action: str, target: str, ask: Callable[[], Any]) -> Any:
     """``ask()``'s answer, the query logged (found or not) before anything is shown."""
-    try:
-        answer, error = ask(), None
-    except RiffleError as e:
-        answer, error = None, str(e)
-    try:
-        lineage.registry.log_access(action, pipeline=lineage.pipeline, target=target,
-                                    found=error is None)
-    except RiffleError as e:
-        raise Fail(f"cannot log the query in the access log: {e}") from None
-    if error is not None:
-        raise Fail(error)
-    return answer
+    return logged(lineage.registry, action, ask,
+                  lambda _: {"pipeline": lineage.pipeline, "target": target})
 
 
 def _when(at: float | str | None) -> str:

@@ -9,9 +9,9 @@ into these through :func:`one_line`. ``--json`` output is one JSON document.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -48,6 +48,29 @@ def one_line() -> Iterator[None]:
         raise Failed(str(e)) from None
     except RiffleError as e:
         raise Fail(str(e)) from None
+
+
+T = TypeVar("T")
+
+
+def logged(registry: Any, action: str, ask: Callable[[], T],
+           entry: Callable[[T | None], dict[str, Any]]) -> T:
+    """``ask()``'s answer, the question logged in the access log first (found or not:
+    ``entry(answer)`` gives the entry's fields); a question that cannot be logged, or has
+    no answer, is one line (exit code 2)."""
+    answer: T | None
+    try:
+        answer, error = ask(), None
+    except RiffleError as e:
+        answer, error = None, str(e)
+    try:
+        registry.log_access(action, found=error is None, **entry(answer))
+    except RiffleError as e:
+        raise Fail(f"cannot log the question in the access log: {e}") from None
+    if error is not None:
+        raise Fail(error)
+    assert answer is not None
+    return answer
 
 
 def print_table(*tables: Any) -> None:

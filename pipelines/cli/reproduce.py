@@ -18,9 +18,8 @@ from typing import Any
 
 import click
 
-from pipelines.cli.output import Fail, Failed, one_line, print_json, print_table
+from pipelines.cli.output import Failed, logged, one_line, print_json, print_table
 from pipelines.config import load_config
-from pipelines.errors import RiffleError
 
 __all__ = ["reproduce"]
 
@@ -43,21 +42,17 @@ def reproduce(config: Path, version: str, as_json: bool, out: Path | None,
     with one_line():
         cfg = load_config(config)
         registry = Registry(registry_url or cfg.registry_url(out), create=False)
+    reproducer = Reproducer(cfg, registry=registry)
+    target = version
+
+    def ask() -> dict[str, Any]:
+        nonlocal target
+        target = reproducer.resolve(version)
+        return reproducer.reproduce(target)
+
     with registry:
-        reproducer = Reproducer(cfg, registry=registry)
-        target = version
-        try:
-            target = reproducer.resolve(version)
-            doc, error = reproducer.reproduce(target), None
-        except RiffleError as e:
-            doc, error = None, str(e)
-        try:
-            registry.log_access("reproduce", pipeline=cfg.name, target=target,
-                                found=doc is not None, **(_logged(doc) if doc else {}))
-        except RiffleError as e:
-            raise Fail(f"cannot log the reproduction in the access log: {e}") from None
-    if doc is None:
-        raise Fail(str(error))
+        doc = logged(registry, "reproduce", ask, lambda doc: {
+            "pipeline": cfg.name, "target": target, **(_logged(doc) if doc else {})})
     if as_json:
         print_json(doc)
     else:
