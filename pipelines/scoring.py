@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from pipelines.arms import Arm, Router
-from pipelines.audit.reasons import Reasons, reasons_for
+from pipelines.audit.reasons import Reasons, ScoredWithReasons, reasons_for, scored_with_reasons
 from pipelines.audit.trail import AuditRows
 from pipelines.config import ScoringConfig
 from pipelines.labels import LabelBuffer
@@ -78,6 +78,8 @@ class ScorerCore:
         """Of the served predictions (whichever arm served each)."""
         self._top_k = config.explain.top_k
         self._reasons: dict[Arm, Reasons | None] = {}
+        self._explained: ScoredWithReasons | None = None
+        """The live arm's score and reasons in one pass, where its model has that."""
         self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0,
                        "examples": 0}
         """``examples``: labeled examples learned by any arm (the training log's ``seq``)."""
@@ -99,6 +101,8 @@ class ScorerCore:
         top_k = self._top_k
         self._reasons = {a: reasons_for(a.model, top_k) if top_k and not a.batched else None
                          for a in arms}
+        self._explained = (scored_with_reasons(arms[0].model, top_k)
+                           if top_k and not arms[0].batched else None)
         if self.previous is not None and self.previous.learns:
             self._learners.append(self.previous)
 
@@ -127,6 +131,8 @@ class ScorerCore:
         learn_one = model.learn_one
         counts, role = self.counts, live.role
         reasons = self._reasons.get(live)
+        explained = self._explained
+        why: list[list[Any]] | None = None
         audit = self.audit
         trail = audit.trail.append if audit is not None else None
         training = audit.training.append if audit is not None else None
@@ -136,7 +142,10 @@ class ScorerCore:
             if type(item) is Event:
                 started = timer()
                 try:
-                    score = predict(item.features)
+                    if explained is None:
+                        score = predict(item.features)
+                    else:  # the reasons from the same scaling (their time counts here)
+                        score, why = explained(item.features)
                 except Exception as e:  # a record the model cannot take is data, not a crash
                     self._model_error(item, live, e, dead)
                     continue
@@ -153,7 +162,9 @@ class ScorerCore:
                     "checkpoint": checkpoint, "scorer": name, "event_time": item.event_time,
                     "scored_at": now, "partition": item.partition, "offset": item.offset,
                 }
-                if reasons is not None:
+                if why is not None:
+                    record["reasons"] = why
+                elif reasons is not None:
                     record["reasons"] = reasons(item.features, prediction)
                 line = dumps(record, option=_JSON)
                 lines.append(line)

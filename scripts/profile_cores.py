@@ -15,6 +15,9 @@ CPU microseconds per event (``time.process_time``), on one JSONL file of loan ap
   the audit trail  the same batches on a scorer that keeps the audit trail and training log,
                    and the writing of their Parquet segments (in the pipeline, a scorer's
                    writer thread): what they add to an event
+  reason codes     the same batches on scorers with scoring.explain.top_k = 3: the score and
+                   its reasons from one scaling (riffle's way), and scored first, then
+                   explained in a second pass (the way before): what each adds to an event
 
     python scripts/profile_cores.py [--events 200000] [--repeats 3]
 
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.allocator import tune_gc  # noqa: E402
 from pipelines.audit.trail import AuditStore, SegmentWriter  # noqa: E402
-from pipelines.config import PipelineConfig  # noqa: E402
+from pipelines.config import ExplainConfig, PipelineConfig  # noqa: E402
 from pipelines.ingest import IngestCore  # noqa: E402
 from pipelines.models import build_model  # noqa: E402
 from pipelines.protocol import Batch, decode_batch, encode_batch  # noqa: E402
@@ -105,11 +108,16 @@ def riffle_stages(config: PipelineConfig, out: Path) -> dict[str, float]:
     assert audited.audit is not None
     writer = SegmentWriter(AuditStore(str(out) + "-audit"), scorer="a", generation=0,
                            rows_per_segment=config.audit.segment_rows)
+    explaining = config.scoring.model_copy(update={"explain": ExplainConfig(top_k=3)})
+    reasons = ScorerCore(explaining, name="r")
+    apart = ScorerCore(explaining, name="r2")
+    apart._explained = None  # scored, then explained in a second pass over the features
     sink = FileSink(out)
     tune_gc()
     spent = dict.fromkeys(("source", "validate, dedupe, route", "hop (encode + decode)",
                            "score and learn", "sink", "scorer bookkeeping",
-                           "score and learn, audit on", "audit segments"), 0.0)
+                           "score and learn, audit on", "audit segments",
+                           "score and learn, reasons", "score and learn, reasons apart"), 0.0)
     seq = 0
     while not reader.exhausted:
         t0 = clock()
@@ -133,9 +141,13 @@ def riffle_stages(config: PipelineConfig, out: Path) -> dict[str, float]:
         if reader.exhausted:
             writer.barrier(audited.audit, None, seq)
         t8 = clock()
+        reasons.process(batch)
+        t9 = clock()
+        apart.process(batch)
+        t10 = clock()
         seq += 1
         for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5,
-                                    t7 - t6, t8 - t7), strict=True):
+                                    t7 - t6, t8 - t7, t9 - t8, t10 - t9), strict=True):
             spent[name] += dt
     sink.close()
     writer.close()
@@ -192,6 +204,9 @@ def main() -> None:
     print(f"| audit trail + training log: rows kept while scoring | {rows:.1f} | |")
     print(f"| audit trail + training log: Parquet segments written | "
           f"{med['audit segments']:.1f} | |")
+    for name, what in (("score and learn, reasons", "one pass with the score"),
+                       ("score and learn, reasons apart", "scored, then explained")):
+        print(f"| reason codes (top 3), {what} | {med[name] - med['score and learn']:.1f} | |")
 
 
 if __name__ == "__main__":

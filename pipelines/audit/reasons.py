@@ -28,22 +28,36 @@ a little; ``riffle explain`` gives the full explanation later, of the exact mode
 True
 >>> reasons_for(model, 1)(x, False) == top[:1]
 True
+
+A linear model after a ``StandardScaler`` is scored and explained in one pass
+(:func:`scored_with_reasons`): the scaled features the prediction needs are the ones the
+reasons are made of, so the scaling is done once, and the score is River's own.
+
+>>> both = scored_with_reasons(model, 5)
+>>> score, why = both(x)
+>>> score == model.predict_proba_one(x), why == top
+(True, True)
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from river import compose, linear_model, preprocessing, tree
 from river.tree.nodes.branch import DTBranch
 
-__all__ = ["Reasons", "reasons_for"]
+__all__ = ["Reasons", "ScoredWithReasons", "reasons_for", "scored_with_reasons"]
 
 Reasons = Callable[[dict[str, Any], Any], list[list[Any]]]
 """``reasons(features, prediction)``: the top-k reasons, largest first, each
 ``[feature, value, contribution]`` (triples: a prediction record stays small)."""
+
+ScoredWithReasons = Callable[[dict[str, Any]], tuple[Any, list[list[Any]]]]
+"""``both(features)``: the model's score (class probabilities, or the value) and the
+top-k reasons of it, from one scaling of the features."""
 
 _LINEAR = (linear_model.LogisticRegression, linear_model.LinearRegression)
 _TREES = (tree.HoeffdingTreeClassifier, tree.HoeffdingTreeRegressor)
@@ -61,26 +75,91 @@ def reasons_for(model: Any, top_k: int) -> Reasons | None:
     return None
 
 
+def scored_with_reasons(model: Any, top_k: int) -> ScoredWithReasons | None:
+    """Score and reasons in one pass, for ``StandardScaler | LogisticRegression`` (or
+    ``LinearRegression``); None for any other model (score it, then :func:`reasons_for`).
+
+    The pipeline's prediction is its scaler's ``transform_one`` and then the linear
+    model's own prediction on the scaled features: the same calls here, so the score is
+    the pipeline's to the bit. The contributions are the weights times those scaled
+    features, the k largest by size.
+    """
+    if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
+        return None
+    scaler, final = model.steps.values()
+    if type(scaler) is not preprocessing.StandardScaler or not isinstance(final, _LINEAR):
+        return None
+    pipeline_type, transform = type(model), scaler.transform_one
+    predict = (final.predict_proba_one if isinstance(final, linear_model.LogisticRegression)
+               else final.predict_one)
+    fallback = reasons_for(model, top_k)
+    assert fallback is not None
+
+    def both(x: dict[str, Any]) -> tuple[Any, list[list[Any]]]:
+        if pipeline_type._LEARN_UNSUPERVISED_DURING_PREDICT:  # the scaler learns as it predicts
+            score = (model.predict_proba_one(x) if predict is not final.predict_one
+                     else model.predict_one(x))
+            return score, fallback(x, None)
+        scaled = transform(x)
+        weight = final._weights.to_dict().get  # the live weights, as a plain dict: one copy
+        terms = {f: weight(f, 0.0) * v for f, v in scaled.items()}
+        return predict(scaled), [[f, x[f], c] for f, c in _largest(terms, top_k)]
+
+    return both
+
+
+_BY_VALUE = itemgetter(1)
+
+
+def _largest(terms: dict[str, float], k: int) -> list[tuple[str, float]]:
+    """The ``k`` terms largest in size, largest first, none that is zero.
+
+    Sorted once by signed value (a C-level key), the largest in size are taken from
+    both ends; of two terms of the same size, the positive one comes first, and of two
+    equal terms, the feature that came first.
+
+    >>> _largest({"a": 0.5, "b": -2.0, "c": 0.0, "d": 1.0}, 3)
+    [('b', -2.0), ('d', 1.0), ('a', 0.5)]
+    >>> _largest({"a": 0.0}, 3)
+    []
+    """
+    ordered = sorted(terms.items(), key=_BY_VALUE)
+    lo, hi = 0, len(ordered) - 1
+    out: list[tuple[str, float]] = []
+    for _ in range(k):
+        if lo > hi:
+            break
+        low, high = ordered[lo], ordered[hi]
+        if -low[1] > high[1]:
+            out.append(low)
+            lo += 1
+        elif high[1]:
+            out.append(high)
+            hi -= 1
+        else:  # what is left is zero
+            break
+    return out
+
+
 def _linear(model: Any, scaler: Any, top_k: int) -> Reasons:
     if scaler is not None and scaler.window_size is None and scaler.with_std:
         # StandardScaler.transform_one's arithmetic, folded into one pass (no scaled dict).
         means, variances = scaler.means, scaler.vars
 
         def reasons(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
-            weight = model._weights.get  # the live weights (learning may replace them)
-            terms = sorted([(abs(c), f, c) for f, xi in x.items() if (c := weight(f, 0.0) * (
-                (xi - means[f]) / v**0.5 if (v := variances[f]) else 0.0))], reverse=True)
-            return [[f, x[f], c] for _, f, c in terms[:top_k]]
+            weight = model._weights.to_dict().get  # the live weights (learning replaces them)
+            terms = {f: weight(f, 0.0) * ((xi - means[f]) / v**0.5 if (v := variances[f])
+                                          else 0.0) for f, xi in x.items()}
+            return [[f, x[f], c] for f, c in _largest(terms, top_k)]
 
         return reasons
     transform = scaler.transform_one if scaler is not None else None
 
     def general(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
         scaled = transform(x) if transform is not None else x
-        weight = model._weights.get
-        terms = sorted([(abs(c), f, c) for f, v in scaled.items() if (c := weight(f, 0.0) * v)],
-                       reverse=True)
-        return [[f, x[f], c] for _, f, c in terms[:top_k]]
+        weight = model._weights.to_dict().get
+        terms = {f: weight(f, 0.0) * v for f, v in scaled.items()}
+        return [[f, x[f], c] for f, c in _largest(terms, top_k)]
 
     return general
 

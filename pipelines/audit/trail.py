@@ -44,6 +44,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -153,36 +154,57 @@ def _text(values: Iterable[bytes]) -> pa.Array:
     return pa.array(values, pa.binary()).view(pa.string())
 
 
-def _fields(events: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
-    """The events' fields as columns (``Event``'s order), in one pass."""
-    return tuple(zip(*events, strict=True)) if events else ((),) * 8
+def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
+    """The first ``n`` fields of equal-shaped tuples as columns: one C-level pass each
+    (``zip(*rows)`` builds an iterator per row and costs several times more)."""
+    return [list(map(itemgetter(i), rows)) for i in range(n)]
 
 
-def _record_columns(fields: tuple[tuple[Any, ...], ...]) -> list[pa.Array]:
+_RECORD = (0, 1, 7, 4, 5)
+"""``Event``'s fields that say where a record is: record_id, key, topic, partition, offset."""
+
+
+def _record_columns(events: list[Any]) -> list[pa.Array]:
     """Where each row's record is: record_id, key, topic, partition, offset."""
-    record_id, key, _, _, partition, offset, _, topic = fields
+    record_id, key, topic, partition, offset = (list(map(itemgetter(i), events))
+                                                for i in _RECORD)
     return [pa.array(record_id, pa.string()), pa.array(key, pa.string()),
             pa.array(topic, pa.string()), pa.array(partition, pa.int32()),
             pa.array(offset, pa.int64())]
+
+
+def _features(events: list[Any]) -> pa.Array:
+    """The features as the model saw them, as JSON text (options only where a row needs
+    them: numpy values or keys that are not strings)."""
+    out = []
+    for x in map(itemgetter(3), events):
+        try:
+            out.append(_DUMPS(x))
+        except TypeError:
+            out.append(_DUMPS(x, option=_OPT))
+    return _text(out)
+
+
+def _same(value: str | None, n: int) -> pa.Array:
+    """One value ``n`` times (a checkpoint's or a scorer's name on each of its rows)."""
+    return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
                 ) -> pa.Table:
     """The audit trail's rows as a table of :data:`TRAIL`."""
     n = len(rows)
-    events, outputs, versions, arms, roles, scored_at, examples = (
-        zip(*rows, strict=True) if rows else ((),) * 7)
-    fields = _fields(events)
+    events, outputs, versions, arms, roles, scored_at, examples = _columns(rows, 7)
     return pa.Table.from_arrays([
-        *_record_columns(fields),
-        pa.array(fields[2], pa.float64()),
+        *_record_columns(events),
+        pa.array(list(map(itemgetter(2), events)), pa.float64()),
         pa.array(scored_at, pa.float64()),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),
         pa.array(roles, pa.string()),
-        pa.array([checkpoint] * n, pa.string()),
-        pa.array([scorer] * n, pa.string()),
-        _text([_DUMPS(x, option=_OPT) for x in fields[3]]),
+        _same(checkpoint, n),
+        _same(scorer, n),
+        _features(events),
         _text(outputs),
         pa.nulls(n, pa.string()),
         pa.array(examples, pa.int64()),
@@ -192,14 +214,13 @@ def trail_table(rows: list[tuple[Any, ...]], scorer: str, checkpoint: str | None
 def training_table(rows: list[tuple[Any, ...]], scorer: str) -> pa.Table:
     """The training log's rows as a table of :data:`TRAINING`."""
     n = len(rows)
-    events, labels, versions, arms, seqs, learned_at = (
-        zip(*rows, strict=True) if rows else ((),) * 6)
+    events, labels, versions, arms, seqs, learned_at = _columns(rows, 6)
     return pa.Table.from_arrays([
-        *_record_columns(_fields(events)),
+        *_record_columns(events),
         _text(_labels(labels)),
         pa.array(versions, pa.string()),
         pa.array(arms, pa.string()),
-        pa.array([scorer] * n, pa.string()),
+        _same(scorer, n),
         pa.array(seqs, pa.int64()),
         pa.array(learned_at, pa.float64()),
     ], schema=TRAINING)
