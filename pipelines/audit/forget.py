@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.audit.forget_batch import find_batch_versions, forget_batch_versions
 from pipelines.audit.query import AuditQuery
 from pipelines.audit.subjects import subject_hash
 from pipelines.audit.suppression import add_suppressed
@@ -115,7 +116,9 @@ class Forgetter:
         record_ids |= self._ids_in_outputs(key)
         learned = [r for r in rows if r["kind"] == "training"]
         first = min((r["commit_seq"] for r in rows), default=None)
-        if first is None and not record_ids and not suppress:
+        batch = (find_batch_versions(self.config, self.registry, key)
+                 if self.registry is not None else [])
+        if first is None and not record_ids and not suppress and not batch:
             raise AuditError("unknown key: nothing of that subject in the committed audit "
                              f"data or the output files of pipeline {self.config.name}")
         cert: dict[str, Any] = {
@@ -138,6 +141,15 @@ class Forgetter:
             self._delete_checkpoints(manifests, first, cert)
         for name in OUTPUT_FILES:
             self._scrub_file(name, key, record_ids, cert)
+        cert["batch_versions"] = forget_batch_versions(
+            self.config, self.registry, batch, hashed, actor=self.actor,
+            deployed=_arms((new or manifests[-1]).deployment if manifests else None))
+        if any(b["history"] for b in cert["batch_versions"]):
+            cert["not_owned"].append({
+                "store": "history files of riffle train: " + ", ".join(sorted(
+                    {b["history"] for b in cert["batch_versions"] if b["history"]})),
+                "action": "rewrite them without the subject's rows (riffle reads them, "
+                          "never writes them; the retrained versions leave those rows out)"})
         if suppress:
             cert["suppressed_new"] = add_suppressed(self.store_url, hashed)
         cert["duration_s"] = round(time.perf_counter() - started, 3)
@@ -491,6 +503,14 @@ def _parquet(table: pa.Table) -> bytes:
                    row_group_size=65_536,
                    use_dictionary=[c for c in _DICTIONARY if c in table.schema.names])
     return bytes(sink.getvalue())
+
+
+def _arms(deployment: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The arms (names) of each version of a manifest's deployment."""
+    out: dict[str, list[str]] = {}
+    for arm in (deployment or {}).get("arms", []):
+        out.setdefault(arm["version"], []).append(arm.get("name", arm.get("role", "?")))
+    return out
 
 
 def _json(line: bytes) -> dict[str, Any] | None:
