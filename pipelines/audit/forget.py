@@ -32,10 +32,21 @@ subject's hash, the counts removed per store, the checkpoints deleted, versions 
 and rebuilt, every rewritten file's SHA-256 before and after, who, when, why. A copy
 (with the log index) is kept in ``erasure/certificates/`` of the store.
 
+**Batch-trained versions** (:mod:`pipelines.audit.forget_batch`): a scikit-learn version
+whose training rows hold the subject is retrained without them through ``riffle train``'s
+own path, and retired; one whose history is gone is retired; their pickles are deleted.
+
+The halves: :mod:`pipelines.audit.forget_replay` (the models), :mod:`pipelines.audit.forget_scrub`
+(the data); this module holds the verb and the certificate.
+
 Limits: the replay needs the training log and the trail's features of every example
-since B (they outlive pruned checkpoints) and every version a scorer learned into since B
-in B itself (a version deployed after B is refused, by name); an early label (one that
-came before its event) still pending for a record never scored holds no key and stays.
+since B (they outlive pruned checkpoints), and every River version a scorer learned into
+since B must be in B itself and stay in the deployment: a River version hot-swapped in
+after B (deployed, or promoted from an arm launched after B) is refused by name, and so
+is one that left the deployment after B and came back (a scorer reloads it from its
+artifact); a batch-trained arm deployed after B learns nothing and is kept. An early
+label (one that came before its event) still pending for a record never scored holds no
+key and stays.
 """
 
 from __future__ import annotations

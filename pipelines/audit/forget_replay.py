@@ -4,6 +4,7 @@ training log without the subject's rows (the rule is in :mod:`pipelines.audit.fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -103,7 +104,8 @@ class Replaying:
         state = loads_state(self.store.read_part(latest, name))
         lo, hi = start["counts"].get("examples", 0), state["counts"].get("examples", 0)
         rows = q.rows(
-            "SELECT t.seq, t.model_version, t.label, t.key, f.features FROM training t "
+            "SELECT t.seq, t.record_id, t.model_version, t.label, t.key, f.features "
+            "FROM training t "
             "LEFT JOIN (SELECT record_id, any_value(features) AS features FROM trail "
             "GROUP BY record_id) f USING (record_id) "
             "WHERE t.scorer = ? AND t.seq >= ? AND t.seq < ? ORDER BY t.seq", [name, lo, hi])
@@ -114,25 +116,39 @@ class Replaying:
                              f"{base.id if base else 'the start'} and {latest.id}")
         erased = []
         loads = orjson.loads
-        for r in rows:
-            if r["key"] == key:
-                erased.append(r["seq"])
-                continue
-            model = models.get(r["model_version"])
-            if model is None:
-                raise AuditError(f"cannot rebuild {name}: version {r['model_version']} was "
-                                 f"deployed after {base.id if base else 'the start'}, which "
-                                 "does not hold it")
-            if r["features"] is None:
-                raise AuditError(f"cannot rebuild {name}: example seq {r['seq']} has no "
-                                 "features in the audit trail")
-            model.learn_one(loads(r["features"]), loads(r["label"]))
+        since = base.id if base else "the start"
+        # Every River version a scorer holds learns every example, one row each in a run
+        # of seqs: an example without a row of a held version means it left the
+        # deployment; a scorer that takes it back reloads it from its artifact.
+        learning = {v for v, m in models.items() if getattr(m, "learns", True)}
+        left: set[str] = set()
+        for example in _examples(rows):
+            present = {r["model_version"] for r in example}
+            back = present & left
+            if back:
+                raise AuditError(f"cannot rebuild {name}: version {min(back)} left the "
+                                 f"deployment after {since} and came back (reloaded from "
+                                 "its artifact then): a rebuild across that is not built")
+            left |= learning - present
+            learning &= present
+            for r in example:
+                if r["key"] == key:
+                    erased.append(r["seq"])
+                    continue
+                model = models.get(r["model_version"])
+                if model is None:
+                    raise AuditError(f"cannot rebuild {name}: version {r['model_version']} "
+                                     f"was deployed after {since}, which does not hold it")
+                if r["features"] is None:
+                    raise AuditError(f"cannot rebuild {name}: example seq {r['seq']} has no "
+                                     "features in the audit trail")
+                model.learn_one(loads(r["features"]), loads(r["label"]))
         for arm in (*state["arms"], state["previous"]):
-            if arm is None:
-                continue
-            if arm.version not in models:
+            if arm is None or not getattr(arm.model, "learns", True):
+                continue  # a batch-trained model learns nothing: the newest one's stays
+            if arm.version not in models or arm.version in left:
                 raise AuditError(f"cannot rebuild {name}: version {arm.version} was deployed "
-                                 f"after {base.id if base else 'the start'}")
+                                 f"after {since}")
             arm.model = models[arm.version]
         return state, len(rows) - len(erased), erased
 
@@ -143,3 +159,14 @@ class Replaying:
                 return raw
         except FileNotFoundError:
             return {}
+
+
+def _examples(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The training-log rows (in ``seq`` order) by example: each run of one record's rows."""
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j]["record_id"] == rows[i]["record_id"]:
+            j += 1
+        yield rows[i:j]
+        i = j
