@@ -1,6 +1,7 @@
 """``riffle forget`` over the Kafka control channel (``control.kind: kafka``), on the real
 broker: the request's hash travels on the ``models`` topic, the running pipeline rebuilds
-and goes on, and its final models equal a run that never saw the subject."""
+and goes on, and its final models equal a run that never saw the subject (its later
+events suppressed)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_forget_over_kafka_control_running_pipeline_unlearns_exactly(
     cfg = _kafka_control(_config("fk", _write(tmp_path / "loans.jsonl", rows), tmp_path / "a",
                                  150.0), kafka_bootstrap, topic)
     run = Run(cfg)
-    run.until(lambda: run.checkpoints() >= 2, "2 checkpoints")
+    run.until(lambda: run.checkpoints() >= 2, "2 checkpoints", timeout_s=300)
     cert = send_forget(cfg, key, actor="test", reason="GDPR", suppress=True, timeout_s=90)
     assert cert is not None
     summary = run.result(180)

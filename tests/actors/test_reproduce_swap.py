@@ -31,7 +31,7 @@ def test_reproduce_versions_after_a_mid_run_hot_swap_equal_their_artifacts(
         tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     run = Run(cfg)
-    run.until(lambda: run.checkpoints() >= 3, "3 checkpoints")
+    run.until(lambda: run.checkpoints() >= 3, "3 checkpoints", timeout_s=300)
     swapped_in = "rs/ckpt-000001"
     FileControl(cfg.out_dir / "control.jsonl").send(Command(
         op="deploy", pipeline="rs", version=swapped_in, actor="test",
