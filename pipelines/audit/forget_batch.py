@@ -107,6 +107,8 @@ def forget_batch_versions(config: PipelineConfig, registry: Any, plans: list[Bat
                           ) -> list[dict[str, Any]]:
     """Carry out ``plans`` for the subject ``hashed``; the certificate's entries.
     ``deployed``: the arms (by version) of the pipeline's newest checkpoint."""
+    if not plans:
+        return []
     from pipelines.training import train
 
     out = []
