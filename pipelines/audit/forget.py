@@ -118,7 +118,8 @@ class Forgetter(Replaying, Scrubbing):
         first = min((r["commit_seq"] for r in rows), default=None)
         batch = (find_batch_versions(self.config, self.registry, key)
                  if self.registry is not None else [])
-        if first is None and not record_ids and not suppress and not batch:
+        found_in_batch = any(p.action == "retrain" for p in batch)
+        if first is None and not record_ids and not suppress and not found_in_batch:
             raise AuditError("unknown key: nothing of that subject in the committed audit "
                              f"data or the output files of pipeline {self.config.name}")
         cert: dict[str, Any] = {
