@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +39,8 @@ from pipelines.registry import DataManifest, ModelVersion, Registry, batch_versi
 from pipelines.registry.provenance import sha256_hex
 from pipelines.storage import file_uri, is_url, resolve
 
-__all__ = ["Format", "build_estimator", "fit", "history_format", "read_history", "read_matrix",
-           "train"]
+__all__ = ["Format", "build_estimator", "fit", "history_format", "key_rows", "read_history",
+           "read_matrix", "train"]
 
 Format = Literal["json", "csv", "parquet"]
 _SUFFIXES: dict[str, Format] = {".jsonl": "json", ".ndjson": "json", ".json": "json",
@@ -48,20 +48,26 @@ _SUFFIXES: dict[str, Format] = {".jsonl": "json", ".ndjson": "json", ".json": "j
 
 
 def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None = None,
-          actor: str | None = None) -> ModelVersion:
+          actor: str | None = None, spec: TrainingConfig | None = None,
+          drop: Callable[[Any], bool] | None = None, parent_id: str | None = None,
+          **details: Any) -> ModelVersion:
     """Fit ``config.training``'s estimator on the history at ``path`` and register it.
 
     The registry is ``registry_url``, else ``registry.url``, else the SQLite file in the
     pipeline's ``out_dir``. Ray is started for the read unless it is running (or
     ``RAY_ADDRESS`` names a cluster, whose nodes must then be able to read ``path``).
+    ``spec`` replaces ``config.training``; ``drop(key)`` leaves out the rows of the keys
+    it is true for (``riffle forget``: a version retrained without a subject, registered
+    with ``parent_id`` and ``details``).
     """
-    spec = config.training
+    spec = spec or config.training
     where = str(path)
     # The mistakes found without reading are reported before Ray starts.
     estimator = build_estimator(spec)
     if not is_url(where) and not Path(where).exists():
         raise SourceError(f"{where}: no such file or folder")
-    X, y, features, fmt = read_matrix(spec, where, num_cpus=config.runtime.num_cpus)
+    X, y, features, fmt = read_matrix(spec, where, num_cpus=config.runtime.num_cpus,
+                                      drop=drop)
     n_rows = len(y)
     n_test = math.floor(n_rows * spec.test_fraction)
     n_train = n_rows - n_test
@@ -78,25 +84,39 @@ def train(config: PipelineConfig, path: str | Path, *, registry_url: str | None 
             pipeline=config.name, kind="sklearn", version_id=version_id,
             model_class=model.model_class, params=model.params, artifact_uri=uri,
             artifact_sha256=sha256_hex(blob), config_hash=config.config_hash(),
+            parent_id=parent_id,
             data=DataManifest(sources={_source_name(where): (0, n_rows)}, n_learned=n_train),
             metrics=metrics, actor=actor, logged_as="train",
             rows=n_rows, holdout_rows=n_test, features=features,
             label_column=spec.label_column, task=model.task, reader="ray.data", format=fmt,
             steps=[public_name(type(step)) for _, step in estimator.steps],
-            sklearn_version=_sklearn_version(), fit_warnings=fit_warnings)
+            sklearn_version=_sklearn_version(), fit_warnings=fit_warnings, **details)
 
 
 # -- reading -------------------------------------------------------------------------
 
-def read_matrix(spec: TrainingConfig, where: str, *, num_cpus: int | None = None
+def read_matrix(spec: TrainingConfig, where: str, *, num_cpus: int | None = None,
+                drop: Callable[[Any], bool] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, list[str], Format]:
     """The history at ``where`` as ``spec`` trains on it: the feature matrix (columns in
-    feature order), the labels, the feature names and the format read."""
+    feature order), the labels, the feature names and the format read (``drop(key)``:
+    without the rows of the keys it is true for, the others in their order)."""
     fmt = history_format(where)
     frame = read_history(where, fmt, num_cpus=num_cpus)
+    if drop is not None:
+        frame = frame[~key_rows(frame, spec, where, drop)].reset_index(drop=True)
     features = _features(frame, spec, where)
     X, y = _matrix(frame, features, spec.label_column, where)
     return X, y, features, fmt
+
+
+def key_rows(frame: pd.DataFrame, spec: TrainingConfig, where: str,
+             chosen: Callable[[Any], bool]) -> np.ndarray:
+    """A boolean mask of ``frame``'s rows whose key (``spec.key_column``) is chosen."""
+    if spec.key_column not in frame.columns:
+        raise SourceError(f"{where}: no key column '{spec.key_column}': its rows cannot be "
+                          "told apart by subject")
+    return np.asarray([bool(chosen(k)) for k in frame[spec.key_column].tolist()], dtype=bool)
 
 
 def history_format(path: str) -> Format:

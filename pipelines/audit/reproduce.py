@@ -27,7 +27,9 @@ seed is ``random_state`` among them), fitted on the first ``n_learned`` rows. It
 compared with the artifact structurally, as above (the fitted coefficients, scaler
 statistics, every fitted attribute), and by its predictions (class probabilities or
 values) on the training rows, to 1e-12. A history that changed since is caught: a
-different number of rows is refused, different values give a different model.
+different number of rows is refused, different values give a different model. A version
+that ``riffle forget`` retrained (``erased_subjects``) is fitted on the history without
+those subjects' rows, as it was.
 
 Ray-free: reading the history for a scikit-learn version uses Ray Data through
 :mod:`pipelines.training`, which starts it only then.
@@ -129,6 +131,7 @@ class Reproducer:
 
     # -- scikit-learn -----------------------------------------------------------------
     def _sklearn(self, v: Any) -> dict[str, Any]:
+        from pipelines.audit.subjects import subject_hash
         from pipelines.batch_models import loads_model
         from pipelines.training import build_estimator, fit, read_matrix
 
@@ -144,7 +147,11 @@ class Reproducer:
                               label_column=details.get("label_column", "label"),
                               features=list(details["features"]))
         estimator = build_estimator(spec)
-        X, y, features, _ = read_matrix(spec, where, num_cpus=self.config.runtime.num_cpus)
+        erased = set(details.get("erased_subjects") or [])  # retrained by riffle forget
+        X, y, features, _ = read_matrix(
+            spec.model_copy(update={"key_column": self.config.training.key_column}), where,
+            num_cpus=self.config.runtime.num_cpus,
+            drop=(lambda k: subject_hash(str(k)) in erased) if erased else None)
         if len(y) != hi - lo:
             raise AuditError(f"{v.id}: {where} holds {len(y):,} rows; the version was "
                              f"trained from {hi - lo:,} (the history changed)")

@@ -37,6 +37,9 @@ __all__ = ["explain"]
 def explain(config: Path, record_id: str, arm: str | None, as_json: bool,
             registry_url: str | None, out: Path | None) -> None:
     """Explain RECORD_ID's score with the model exactly as it was when it scored it."""
+    from pipelines.lazy import AUDIT_COLD, defer
+
+    defer(*AUDIT_COLD)  # a cold command: River's unused families load only if read
     from pipelines.audit.explain import Explainer
     from pipelines.audit.subjects import subject_hash
     from pipelines.registry import Registry

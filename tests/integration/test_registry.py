@@ -21,7 +21,13 @@ from sqlalchemy import text
 
 from pipelines.checkpoint import CheckpointError, CheckpointStore, Manifest, checkpoint_id
 from pipelines.registry import MISSING, CodeVersion, DataManifest, Registry, RegistryError
-from pipelines.registry.migrate import VERSION_TABLE, alembic_config, head_revision, make_engine
+from pipelines.registry.migrate import (
+    VERSION_TABLE,
+    alembic_config,
+    head_revision,
+    make_engine,
+    newest_file_revision,
+)
 from pipelines.registry.schema import Base
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -539,3 +545,8 @@ def test_cli_models_list_show_diff_read_the_registry(
 
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "riffle: error: unknown model version p/sk-zzz"
+
+
+def test_migrate_newest_file_revision_is_alembics_head() -> None:
+    # An up-to-date registry opens on the file rule alone, without importing Alembic.
+    assert newest_file_revision() == head_revision()

@@ -244,3 +244,34 @@ def test_cli_explain_prints_the_check_logs_the_access_and_refuses_unknown_record
     wrong = _riffle("explain", str(config_file), ids[-1], salt=salt)
     assert wrong.returncode == 1 and "exact: NO" in wrong.stdout
     assert "this is not the model that scored it" in wrong.stderr
+
+
+_COLD = """
+import sys
+import orjson
+from pipelines.cli import cli
+from pipelines.lazy import deferred
+try:
+    cli.main(sys.argv[1:], standalone_mode=False)
+finally:
+    run = [m for m in ("sklearn", "pandas", "alembic", "river.stream", "river.datasets")
+           if m in sys.modules and m not in deferred()]
+    sys.stderr.write(orjson.dumps(run).decode())
+"""
+
+
+def test_cli_explain_cold_runs_without_sklearn_pandas_or_alembic_and_answers_the_same(
+        drive: Callable[..., Any], tmp_path: Path) -> None:
+    from pipelines.registry import Registry
+
+    cfg, ids = drive()
+    config_file = tmp_path / "u.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    Registry(cfg.registry_url()).close()
+    env = {**os.environ, "RIFFLE_AUDIT_SALT_FILE": str(tmp_path / "salt")}
+    out = subprocess.run([sys.executable, "-c", _COLD, "explain", str(config_file), ids[-3],
+                          "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stderr) == []  # none of them ran in the command
+    assert orjson.loads(out.stdout) == orjson.loads(orjson.dumps(_explain(cfg, ids[-3])))
