@@ -28,6 +28,9 @@ import psutil
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+TERM_GRACE_S = 5.0
+"""How long the processes get after SIGTERM before SIGKILL (nothing of a test cluster
+needs saving)."""
 
 
 def free_port() -> int:
@@ -149,7 +152,7 @@ class RayHead:
         except ProcessLookupError:
             pass
         try:
-            self._proc.wait(STOP_TIMEOUT_S)
+            self._proc.wait(TERM_GRACE_S)
         except subprocess.TimeoutExpired:
             pass
         deadline = time.monotonic() + STOP_TIMEOUT_S
