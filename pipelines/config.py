@@ -471,7 +471,7 @@ class PlacementConfig(_Frozen):
     a replacement goes to any surviving node that still does.
 
     >>> PlacementConfig.model_validate({"scoring": {"riffle-scorer": 1}}).options("scoring")
-    {'resources': {'riffle-scorer': 1}}
+    {'resources': {'riffle-scorer': 1.0}}
     >>> PlacementConfig(strategy="spread").options("ingest")
     {'scheduling_strategy': 'SPREAD'}
     """

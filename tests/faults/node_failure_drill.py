@@ -57,7 +57,8 @@ def main(config_path: Path, report_path: Path) -> None:
     temp_dir = Path(os.environ["RAY_TMPDIR"]) / "ray"  # where ray_current_cluster goes
     temp_dir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "temp_dir": str(temp_dir), "gcs_server_port": free_port(), "include_dashboard": False,
+        "num_cpus": 1, "temp_dir": str(temp_dir), "gcs_server_port": free_port(),
+        "include_dashboard": False,
         "dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port(),
         "metrics_export_port": free_port(), "_system_config": FAST_NODE_DEATH})
     workers = {f"worker-{i}": cluster.add_node(num_cpus=1, resources={WORKER_RESOURCE: 4})
