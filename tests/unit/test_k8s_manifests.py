@@ -93,7 +93,7 @@ def test_k8s_embedded_serve_config_and_runtime_envs_are_rays_own(
     for variant, docs in rendered.items():
         assert serve_config_errors(serve_config(docs)) == [], variant
         apps = yaml.safe_load(serve_config(docs))["applications"]
-        assert [a["import_path"] for a in apps] == ["pipelines.serving.app:build_app"]
+        assert [a["import_path"] for a in apps] == ["actors.serving:build_app"]
         scaling = apps[0]["deployments"][0]["autoscaling_config"]
         assert scaling["min_replicas"] < scaling["max_replicas"]
         for job in by_kind(docs, "RayJob"):
