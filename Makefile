@@ -31,7 +31,8 @@ unit: setup
 	$(PY) -m pytest tests/unit pipelines actors
 
 # System tools the tests use, from Debian's packages: kcat (a third-party Kafka client) and
-# PostgreSQL (the registry tests' server, run by scripts/postgres.sh).
+# PostgreSQL (the registry tests' server, run by scripts/postgres.sh); kustomize from its
+# Go module when neither it nor kubectl is there.
 # (Java 17 and Maven, for the Kafka broker of scripts/kafka.sh, are on every machine here.)
 test-deps:
 	@command -v kcat >/dev/null || { \
@@ -40,6 +41,10 @@ test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	@# kustomize renders the k8s/ overlays in the tests (kubectl has it built in).
+	@command -v kustomize >/dev/null || command -v kubectl >/dev/null || { \
+	  test -x $(HOME)/.cache/riffle/bin/kustomize || \
+	  GOBIN=$(HOME)/.cache/riffle/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
 	  { echo "make test: the Kafka broker needs java (17+) and mvn on PATH" >&2; exit 1; }
 

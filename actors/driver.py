@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, last_line, named_line
@@ -106,7 +107,11 @@ def run_pipeline(
     store = config.checkpoint_store_url(out)
     if not resume:
         (out / "supervision.jsonl").unlink(missing_ok=True)
-    supervisor = Supervisor.remote(config, str(out), store, task=task)
+    # The Supervisor shares the driver's fate (the run ends with either), so it runs on
+    # the driver's node: never on a worker node a cluster may lose.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    supervisor = Supervisor.options(scheduling_strategy=here).remote(config, str(out), store,
+                                                                    task=task)
     try:
         # What the operator must know before the run goes on (one line each): a damaged
         # checkpoint passed over on --resume.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 
@@ -25,6 +25,8 @@ from pipelines.models import Task
 
 ABORT_TIMEOUT_S = 5.0
 """How long an ingest actor gets to stop reading and leave its consumer group."""
+GONE_TIMEOUT_S = 2.0
+"""How long an actor gets to answer before a rewind; one that is dead is replaced."""
 RUN_END_TIMEOUT_S = 10.0
 """How long an aborted run gets to end; one that does not is stuck, and replaced."""
 
@@ -105,6 +107,7 @@ class Topology:
         # on the failed actor ends when that one is killed).
         await self.abort()
         replace = {name for name, _ in self.named()} if all_for_one else {failed}
+        replace |= await self._gone()  # a node lost took every actor on it
         for name, actor in self.named():
             if name in replace:
                 ray.kill(actor, no_restart=True)
@@ -142,6 +145,16 @@ class Topology:
         await self.all_ready()
         self.start_reading()
 
+    async def _gone(self) -> set[str]:
+        """The actors that no longer exist (their worker or their node died): replaced
+        together with the failed one, in one restart. One that is only slow stays."""
+        named = self.named()
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(actor.ready.remote(), GONE_TIMEOUT_S) for _, actor in named),
+            return_exceptions=True)
+        return {name for (name, _), answer in zip(named, answers, strict=True)
+                if isinstance(answer, ray.exceptions.RayActorError)}
+
     async def scale_ingest(self, n_actors: int) -> int:
         """Grow or shrink the ingest group (of a Kafka source: the group rebalances)."""
         while len(self.ingest) < n_actors:
@@ -155,12 +168,18 @@ class Topology:
             self.retired.append(await run)
         return len(self.ingest)
 
+    def _placed(self, role: Literal["ingest", "scoring", "sink"]) -> dict[str, Any]:
+        """Ray's placement options for ``role`` (``runtime.placement``)."""
+        return self._config.runtime.placement.options(role)
+
     def _new_sink(self, append: bool) -> Any:
-        return SinkActor.options(num_cpus=0).remote(self._config, self._out_dir, append=append)
+        return SinkActor.options(num_cpus=0, **self._placed("sink")).remote(
+            self._config, self._out_dir, append=append)
 
     def _new_scorer(self, index: int, restore: Manifest | None) -> Any:
         cfg = self._config
-        return ScorerActor.options(num_cpus=cfg.scoring.num_cpus).remote(
+        return ScorerActor.options(num_cpus=cfg.scoring.num_cpus,
+                                   **self._placed("scoring")).remote(
             cfg.scoring, name=f"scorer-{index}",
             metrics_window=max(1, cfg.scoring.metrics_window // cfg.scoring.n_actors),
             generation=self.generation, store_url=self._store_url,
@@ -172,7 +191,8 @@ class Topology:
     def _new_ingest(self, index: int, partitions: list[int],
                     restore: Manifest | None = None) -> Any:
         cfg = self._config
-        return IngestActor.options(num_cpus=cfg.ingest.num_cpus).remote(
+        return IngestActor.options(num_cpus=cfg.ingest.num_cpus,
+                                   **self._placed("ingest")).remote(
             cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
             scorers=self.scorers, sink=self.sink, generation=self.generation,
             store_url=self._store_url, restore=restore)

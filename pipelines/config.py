@@ -40,6 +40,7 @@ __all__ = [
     "ModelSpec",
     "OutputConfig",
     "PipelineConfig",
+    "PlacementConfig",
     "PromotionConfig",
     "RegistryConfig",
     "RestartPolicyConfig",
@@ -460,10 +461,43 @@ class TrainingConfig(_Frozen):
     """Held out (the last rows, in file order) to measure the metrics registered with it."""
 
 
+class PlacementConfig(_Frozen):
+    """Where the actors run on a Ray cluster (``runtime.placement``).
+
+    ``strategy: spread`` asks Ray to put the actors of one role on different nodes
+    (Ray's ``SPREAD`` scheduling); ``default`` lets Ray pack them. ``ingest``,
+    ``scoring`` and ``sink`` name custom resources each actor of that role needs
+    (``{"riffle-scorer": 1}``): such an actor runs only on a node that offers them, and
+    a replacement goes to any surviving node that still does.
+
+    >>> PlacementConfig.model_validate({"scoring": {"riffle-scorer": 1}}).options("scoring")
+    {'resources': {'riffle-scorer': 1.0}}
+    >>> PlacementConfig(strategy="spread").options("ingest")
+    {'scheduling_strategy': 'SPREAD'}
+    """
+
+    strategy: Literal["default", "spread"] = "default"
+    ingest: dict[str, Annotated[float, Field(gt=0)]] = {}
+    scoring: dict[str, Annotated[float, Field(gt=0)]] = {}
+    sink: dict[str, Annotated[float, Field(gt=0)]] = {}
+
+    def options(self, role: Literal["ingest", "scoring", "sink"]) -> dict[str, Any]:
+        """Ray actor options (``.options(**...)``) for an actor of ``role``."""
+        out: dict[str, Any] = {}
+        resources = getattr(self, role)
+        if resources:
+            out["resources"] = dict(resources)
+        if self.strategy == "spread":
+            out["scheduling_strategy"] = "SPREAD"
+        return out
+
+
 class RuntimeConfig(_Frozen):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     """CPUs of the local Ray started by ``riffle run``; ignored when joining a cluster."""
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    placement: PlacementConfig = PlacementConfig()
+    """Where the actors run on a cluster (spread, or by custom resources)."""
     fault_drills: list[str] = []
     """Crash an actor at a named point to rehearse recovery (``pipelines.faults``), e.g.
     ``scorer-0@checkpoint#2``. Empty in production."""
