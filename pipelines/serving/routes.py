@@ -169,7 +169,8 @@ def make_api(core: ServingCore) -> Any:
         serial, predictions = core.predict(
             principal, [(r.record_id, r.key, r.features) for r in rows])
         return Response(orjson.dumps({"predictions": predictions, "deployment": serial},
-                                     option=_JSON), media_type="application/json")
+                                     option=_JSON), media_type="application/json",
+                        headers={"x-riffle-replica": core.replica})
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses=_AUTH_ERRORS,
               tags=["scoring"])
