@@ -64,6 +64,7 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> R
 _ERR = {"description": "error", "content": {"application/json": {"schema": {
     "type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}}
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: _ERR, 403: _ERR, 413: _ERR, 503: _ERR}
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {**_AUTH_ERRORS, 404: _ERR, 409: _ERR}
 
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -190,7 +191,7 @@ def make_api(core: ServingCore) -> Any:
         return core.models(principal)
 
     @api.get("/v1/models/{version:path}", response_model=VersionOut,
-             responses={**_AUTH_ERRORS, 404: _ERR}, tags=["models"])
+             responses=_READ_ERRORS, tags=["models"])
     def model(version: str, principal: Reader) -> Any:
         """One version (a full id or local to the pipeline) and its lifecycle."""
         return core.version(principal, version)
@@ -209,19 +210,19 @@ def make_api(core: ServingCore) -> Any:
         return {"status": "ready", "detail": detail}
 
     @api.get("/v1/audit/records/{record_id}", response_model=dict[str, Any],
-             responses={**_AUTH_ERRORS, 404: _ERR}, tags=["audit"])
+             responses=_READ_ERRORS, tags=["audit"])
     def audit_record(record_id: str, principal: Reader) -> Any:
         """The audit trail's rows of a record the stream scored, and its label's fate."""
         return _plain(core.audit_record(principal, record_id))
 
     @api.post("/v1/explain", response_model=dict[str, Any],
-              responses={**_AUTH_ERRORS, 404: _ERR}, tags=["audit"])
+              responses=_READ_ERRORS, tags=["audit"])
     def explain(body: ExplainBody, principal: Reader) -> Any:
         """A record's score explained with the model exactly as it was (``riffle explain``)."""
         return _plain(core.explain(principal, body.record_id, body.arm))
 
     @api.post("/v1/forget", response_model=dict[str, Any],
-              responses={**_AUTH_ERRORS, 404: _ERR}, tags=["admin"])
+              responses=_READ_ERRORS, tags=["admin"])
     def forget(body: ForgetBody, principal: Eraser) -> Any:
         """Erase a data subject and unlearn it (``riffle forget``); the certificate."""
         return _plain(core.forget(principal, body.key, reason=body.reason,
@@ -299,8 +300,9 @@ def _status_of(exc: RiffleError) -> int:
         return 422
     if isinstance(exc, RegistryError | AuditError) and "unknown" in str(exc).lower():
         return 404
-    if isinstance(exc, AuditError):
-        return 404 if "no " in str(exc).lower() else 409
+    if isinstance(exc, AuditError):  # a record or subject not there; else a refusal
+        text = str(exc).lower()
+        return 404 if any(w in text for w in ("not in", "no ", "unknown")) else 409
     return 409
 
 
