@@ -3,12 +3,15 @@
 1. The stream: ``riffle run`` of the default LR pipeline on N synthetic events (events/s
    from its summary: scoring embedded in the data path, no request at all); it leaves
    committed checkpoints in the registry.
-2. The service: ``riffle serve`` on the same config (it serves the stream's model as of
-   its last checkpoint), loaded from this process over loopback by a bounded client
+2. The service (``actors.serving.run_service``, what ``riffle serve`` runs) on the same
+   config, in a child process per mode (it serves the stream's model as of its last
+   checkpoint), loaded over loopback by a bounded client
    (aiohttp, keep-alive, C concurrent requests in a closed loop):
    single-record requests (req/s, p50/p99), batches of 100 records (records/s), then
    single records paced at half the measured rate (p99 at half load).
-   ``--modes`` runs the service in Serve's throughput-optimized mode and/or its default.
+   ``--modes`` runs the service in Serve's throughput-optimized mode and/or its default;
+   in the optimized mode, through Serve's proxy and straight at the replica's own port
+   (direct ingress: what a load balancer in front of the replicas would do).
 
     .venv/bin/python scripts/bench_serve.py [--events 100000] [--seconds 10] [--clients 32]
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -114,43 +116,60 @@ async def _load(url: str, *, clients: int, seconds: float, batch: int,
             "failed": failed, "requests": n}
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"riffle serve exited:\n{proc.stdout.read().decode()[-3000:]}"
-                             if proc.stdout else "riffle serve exited")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the service did not become ready")
+def _loads(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    asyncio.run(_load(url, clients=8, seconds=2, batch=1))  # warm up
+    single = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1))
+    batched = asyncio.run(_load(url, clients=max(args.clients // 4, 2), seconds=args.seconds,
+                                batch=100))
+    half = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1,
+                             rate=single["requests_per_s"] / 2))
+    return {"single": single, "batched": batched, "half": half}
 
 
-def _serve_and_load(config: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}"
-    proc = _riffle("serve", str(config), env={"RIFFLE_SERVE_KEYS": f"bench:admin:{KEY}"})
+def _child(config: Path, mode: str, args: argparse.Namespace) -> None:
+    """One mode in this process: the service started here (Serve's flags are read when
+    its processes start), loaded through Serve's proxy and, with direct ingress, straight
+    at the replica's own HTTP port (what a load balancer in front of replicas does)."""
+    import ray
+    from ray import serve
+
+    os.environ["RIFFLE_SERVE_KEYS"] = f"bench:admin:{KEY}"
+    from actors.serving import run_service, stop_service
+    from pipelines.config import load_config
+
+    cfg = load_config(config)
+    url = run_service(cfg)
+    out: dict[str, Any] = {}
     try:
-        _wait_ready(url, proc)
-        asyncio.run(_load(url, clients=8, seconds=2, batch=1))  # warm up
-        single = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1))
-        batched = asyncio.run(_load(url, clients=max(args.clients // 4, 2),
-                                    seconds=args.seconds, batch=100))
-        half = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1,
-                                 rate=single["requests_per_s"] / 2))
-        return {"single": single, "batched": batched, "half": half}
+        out["proxy"] = _loads(url, args)
+        if mode == "optimized":
+            from ray.serve.context import _get_global_client
+
+            groups = ray.get(_get_global_client()._controller.get_target_groups.remote(
+                cfg.name))
+            ports = [t.port for g in groups if g.protocol == "HTTP" for t in g.targets
+                     if t.port != cfg.serving.port]
+            if ports:
+                out["direct"] = _loads(f"http://127.0.0.1:{ports[0]}", args)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_service()
+    del serve
+    print("RESULT " + orjson.dumps(out).decode(), flush=True)
+
+
+def _serve_and_load(config: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = {**os.environ}
+    if mode == "default":
+        env.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
+    cmd = [sys.executable, __file__, "--child", mode, "--config", str(config),
+           "--seconds", str(args.seconds), "--clients", str(args.clients)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = orjson.loads(line[7:])
+            return result
+    raise SystemExit(f"{mode}: no result\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -162,7 +181,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18431)
     ap.add_argument("--modes", default="optimized,default",
                     help="optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) and/or default")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        _child(args.config, args.child, args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         out = Path(tmp) / "out"
         first = _config(out, args.events, optimized=True, replicas=args.replicas,
@@ -174,9 +198,9 @@ def main() -> None:
         for mode in args.modes.split(","):
             config = first if mode == "optimized" else _config(
                 out, args.events, optimized=False, replicas=args.replicas, port=args.port)
-            r = _serve_and_load(config, args.port, args)
-            rows.append((mode, r))
-            print(f"{mode}: {orjson.dumps(r).decode()}", flush=True)
+            for route, r in _serve_and_load(config, mode, args).items():
+                rows.append((f"{mode}, {route}", r))
+                print(f"{mode} {route}: {orjson.dumps(r).decode()}", flush=True)
     print()
     print(f"| path | single-record req/s (p50 / p99 ms, {args.clients} clients) "
           "| records/s, batches of 100 | p99 ms at half load | failed |")

@@ -237,3 +237,20 @@ def test_serving_keys_come_from_the_environment_or_a_secrets_file(
         load_keys(None)
     with pytest.raises(ConfigError, match="expected name:role:key"):
         KeyRing.parse("just-a-key")
+
+
+def test_serving_cli_without_api_keys_is_one_line_and_exit_code_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    monkeypatch.delenv("RIFFLE_SERVE_KEYS", raising=False)
+    monkeypatch.delenv("RIFFLE_SERVE_KEYS_FILE", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nsource: {kind: synthetic}\n")
+    result = CliRunner().invoke(cli, ["serve", str(config)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "riffle: error: no API keys: set RIFFLE_SERVE_KEYS (name:role:key,...) or a keys file "
+        "(serving.keys_file or RIFFLE_SERVE_KEYS_FILE)"]
