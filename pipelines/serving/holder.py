@@ -191,7 +191,10 @@ class ModelHolder:
         self._serial += 1
         self.served = Served(
             self._serial, deployment, tuple(arms),
-            Router(deployment.arms) if len(arms) > 1 else None, command_id, self.clock(),
+            # The serving arms alone: the stream's Router skips weight 0 the same way, so
+            # a key's point lands in the same arm, and the index is into ``arms``.
+            Router([a.spec for a in arms]) if len(arms) > 1 else None, command_id,
+            self.clock(),
             self.task)
         self._cache = {(a.spec.version, a.checkpoint): a for a in arms}
         self._seen = seen

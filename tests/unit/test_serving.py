@@ -254,3 +254,46 @@ def test_serving_cli_without_api_keys_is_one_line_and_exit_code_2(
     assert result.output.strip().splitlines() == [
         "riffle: error: no API keys: set RIFFLE_SERVE_KEYS (name:role:key,...) or a keys file "
         "(serving.keys_file or RIFFLE_SERVE_KEYS_FILE)"]
+
+
+def test_serving_river_checkpoint_each_key_scored_by_its_scorers_model_with_reasons(
+        make_config: Any) -> None:
+    from pipelines.audit.reasons import reasons_for
+    from pipelines.checkpoint import CheckpointStore, Manifest, checkpoint_id, dumps_state
+    from pipelines.ingest import scorer_of
+    from pipelines.protocol import Feedback
+
+    cfg = serving_config(make_config, keys_file=None)
+    cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={
+        "n_actors": 2, "explain": cfg.scoring.explain.model_copy(update={"top_k": 2})})})
+    # Two scorers learn their own keys (as the stream routes them), then a checkpoint.
+    scorers = [ScorerCore(cfg.scoring, name=f"scorer-{i}") for i in range(2)]
+    for i, x in enumerate(_records(400)):
+        label = (x["features"]["a"] > 0) == (scorer_of(x["key"], 2) == 0)  # opposite rules
+        scorers[scorer_of(x["key"], 2)].process(Batch(0, [
+            Event(x["record_id"], x["key"], 0.0, x["features"], 0, 2 * i, 0.0),
+            Feedback(x["record_id"], x["key"], label, 0.0, 0, 2 * i + 1, 0.0)]))
+    store = CheckpointStore(cfg.checkpoint_store_url())
+    ckpt = checkpoint_id(1)
+    parts = {s.name: store.write_part(ckpt, s.name, dumps_state(s.snapshot())) for s in scorers}
+    manifest = store.commit(Manifest(id=ckpt, seq=1, created_at=0.0, pipeline=cfg.name,
+                                     config_hash="c", positions={"t[0]": 800}, parts=parts))
+    registry = Registry(cfg.registry_url())
+    registry.register_checkpoint(store.url, manifest, model_class="river.LR", params={},
+                                 n_learned=400, actor="ci")
+    core = ServingCore(cfg, keys=KeyRing.parse(KEYS_ENV), registry=registry)
+    try:
+        core.holder.refresh()
+        client = TestClient(make_api(core))
+        records = _records(30, start=1000)
+        got = client.post("/v1/predict", json={"records": records}, headers=WEB).json()
+    finally:
+        core.close()
+    for x, p in zip(records, got["predictions"], strict=True):
+        model = scorers[scorer_of(x["key"], 2)].model
+        assert (p["model_version"], p["checkpoint"]) == ("v0", f"{cfg.name}/{ckpt}")
+        expected = model.predict_proba_one(x["features"])
+        assert p["score"] == pytest.approx({str(k).lower(): v for k, v in expected.items()})
+        assert p["reasons"] == [list(r) for r in reasons_for(model, 2)(
+            x["features"], max(expected, key=expected.get))]
+    assert {scorer_of(x["key"], 2) for x in records} == {0, 1}
