@@ -24,7 +24,8 @@ from typing import Any
 
 from pipelines.config import PipelineConfig, load_config
 
-__all__ = ["THROUGHPUT_ENV", "ScoringReplica", "build_app", "run_service", "stop_service"]
+__all__ = ["THROUGHPUT_ENV", "ScoringReplica", "build_app", "direct_urls", "run_service",
+           "stop_service"]
 
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 """Serve's throughput-optimized mode (Ray >= 2.54): user code and the router on the
@@ -103,6 +104,24 @@ def run_service(config: PipelineConfig, *, out_dir: Path | None = None,
     app = deployment_for(config).bind(config, str(out_dir) if out_dir else None)
     serve.run(app, name=config.name, route_prefix="/")
     return f"http://{host}:{port}"
+
+
+def direct_urls(config: PipelineConfig) -> list[str]:
+    """With direct ingress (the throughput-optimized mode), each replica's own HTTP
+    address: what a load balancer in front of the replicas targets, past Serve's proxy.
+    Empty without it. (Serve's controller knows them; it has no public API for it yet.)"""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        return []
+    try:
+        groups = ray.get(client._controller.get_target_groups.remote(config.name))
+    except Exception:  # an older or newer Serve without it: the proxy still serves
+        return []
+    return [f"http://{t.ip}:{t.port}" for g in groups if g.protocol == "HTTP"
+            for t in g.targets if t.port != config.serving.port]
 
 
 def stop_service() -> None:

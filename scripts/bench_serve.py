@@ -130,11 +130,8 @@ def _child(config: Path, mode: str, args: argparse.Namespace) -> None:
     """One mode in this process: the service started here (Serve's flags are read when
     its processes start), loaded through Serve's proxy and, with direct ingress, straight
     at the replica's own HTTP port (what a load balancer in front of replicas does)."""
-    import ray
-    from ray import serve
-
     os.environ["RIFFLE_SERVE_KEYS"] = f"bench:admin:{KEY}"
-    from actors.serving import run_service, stop_service
+    from actors.serving import direct_urls, run_service, stop_service
     from pipelines.config import load_config
 
     cfg = load_config(config)
@@ -143,17 +140,11 @@ def _child(config: Path, mode: str, args: argparse.Namespace) -> None:
     try:
         out["proxy"] = _loads(url, args)
         if mode == "optimized":
-            from ray.serve.context import _get_global_client
-
-            groups = ray.get(_get_global_client()._controller.get_target_groups.remote(
-                cfg.name))
-            ports = [t.port for g in groups if g.protocol == "HTTP" for t in g.targets
-                     if t.port != cfg.serving.port]
-            if ports:
-                out["direct"] = _loads(f"http://127.0.0.1:{ports[0]}", args)
+            direct = direct_urls(cfg)
+            if direct:
+                out["direct"] = _loads(direct[0], args)
     finally:
         stop_service()
-    del serve
     print("RESULT " + orjson.dumps(out).decode(), flush=True)
 
 

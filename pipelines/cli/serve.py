@@ -34,7 +34,7 @@ def serve(config: Path, host: str | None, port: int | None, out: Path | None) ->
     with one_line():
         cfg = load_config(config)
         keys = load_keys(cfg.serving.keys_file)
-    from actors.serving import run_service, stop_service
+    from actors.serving import direct_urls, run_service, stop_service
 
     stop = threading.Event()
 
@@ -51,6 +51,9 @@ def serve(config: Path, host: str | None, port: int | None, out: Path | None) ->
                  f"{s.num_replicas} replica(s)")
         click.echo(f"serving {cfg.name} at {url} ({scale}, {len(keys)} API keys); "
                    f"API at {url}/docs; Ctrl-C stops")
+        direct = direct_urls(cfg)
+        if direct:
+            click.echo(f"replicas also answer directly (direct ingress): {', '.join(direct)}")
         try:
             while not stop.wait(0.5):
                 pass
