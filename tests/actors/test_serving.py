@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from pipelines.config import PipelineConfig
+from pipelines.errors import ConfigError
 from pipelines.protocol import Command
 from pipelines.registry import Registry
 from tests.serving_helpers import KEYS, Stream, fitted, register, serving_config
@@ -253,3 +254,24 @@ def test_serving_openapi_contract_holds_no_500s_and_schema_conformant_responses(
         conforms()
     assert {"POST /v1/predict", "POST /v1/feedback", "GET /v1/models",
             "GET /v1/models/{version}", "GET /readyz"} <= set(tested)
+
+
+def test_serving_build_app_takes_replicas_and_autoscaling_from_the_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.serving import build_app
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nsource: {kind: synthetic}\nserving:\n  max_ongoing_requests: 9\n"
+                      "  autoscaling_config: {min_replicas: 2, max_replicas: 5, "
+                      "target_ongoing_requests: 3}\n")
+    monkeypatch.setenv("RIFFLE_SERVE_KEYS", "web:scorer:k")
+    deployment = build_app({"config": str(config)})._bound_deployment
+    assert deployment.max_ongoing_requests == 9
+    scaling = deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (
+        2, 5, 3.0)
+    with pytest.raises(ValueError, match="config=PATH"):
+        build_app({})
+    monkeypatch.delenv("RIFFLE_SERVE_KEYS")
+    with pytest.raises(ConfigError, match="no API keys"):
+        build_app({"config": str(config)})
