@@ -47,6 +47,8 @@ __all__ = [
     "RetainConfig",
     "RuntimeConfig",
     "ScoringConfig",
+    "ServeAutoscalingConfig",
+    "ServingConfig",
     "SourceConfig",
     "StepSpec",
     "SupervisionConfig",
@@ -511,6 +513,56 @@ class RuntimeConfig(_Frozen):
         return self
 
 
+class ServeAutoscalingConfig(_Frozen):
+    """Ray Serve's ``autoscaling_config`` (its own names): replicas follow the requests
+    in flight per replica."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=256)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=256)] = 2
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 16.0
+    upscale_delay_s: Annotated[float, Field(ge=0)] = 2.0
+    downscale_delay_s: Annotated[float, Field(ge=0)] = 10.0
+    metrics_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    look_back_period_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeAutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas "
+                             f"({self.min_replicas})")
+        return self
+
+
+class ServingConfig(_Frozen):
+    """``riffle serve``: the scoring service (Ray Serve) beside the stream. API keys are
+    never here: ``RIFFLE_SERVE_KEYS`` or the secrets file ``keys_file`` (or
+    ``RIFFLE_SERVE_KEYS_FILE``)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    num_replicas: Annotated[int, Field(ge=1, le=256)] = 1
+    """Fixed replicas (when ``autoscaling_config`` is not set)."""
+    autoscaling_config: ServeAutoscalingConfig | None = None
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 64
+    """Requests a replica takes at once (Serve's default, 5, collapsed under 32 clients)."""
+    num_cpus: Annotated[float, Field(ge=0)] = 0.5
+    """Per replica."""
+    max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Records per predict or feedback request (more: 422)."""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
+    """A larger request body is refused with 413."""
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """How often each replica reads the registry for a new deployment or checkpoint."""
+    access_flush_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """Scoring requests are logged in the access log once per this, per principal."""
+    command_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    """How long an admin route waits for the pipeline to apply its command (then 202)."""
+    keys_file: LaxPath | None = None
+    throughput_optimized: bool = True
+    """Start Serve with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (``riffle serve`` on a
+    Ray it starts; a cluster sets it in its own environment)."""
+
+
 class PipelineConfig(_Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     source: SourceConfig
@@ -526,6 +578,7 @@ class PipelineConfig(_Frozen):
     launch: LaunchConfig = LaunchConfig()
     control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:

@@ -8,6 +8,7 @@
   :mod:`~pipelines.cli.explain`: ``explain`` (a record's score, of the model then);
   :mod:`~pipelines.cli.forget`: ``forget`` (erase a data subject, unlearn it exactly);
   :mod:`~pipelines.cli.reproduce`: ``audit reproduce`` (a version rebuilt, proved equal);
+  :mod:`~pipelines.cli.serve`: ``serve`` (the scoring service on Ray Serve);
 - :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
   run exit code 1.
 
@@ -30,6 +31,7 @@ from pipelines.cli.models import models
 from pipelines.cli.output import EXIT_INTERRUPTED, EXIT_USAGE
 from pipelines.cli.reproduce import reproduce
 from pipelines.cli.run import run, validate
+from pipelines.cli.serve import serve
 from pipelines.cli.status import status
 from pipelines.cli.train import train
 
@@ -46,6 +48,7 @@ for command in (validate, run, sample, produce, tail, status, models, train, aud
     cli.add_command(command)
 cli.add_command(explain)
 cli.add_command(forget)
+cli.add_command(serve)
 for command in (record, model, key, reproduce):
     audit.add_command(command)
 

@@ -23,7 +23,6 @@ from rich.table import Table
 
 from pipelines.cli.output import Fail, one_line, print_json, print_table
 from pipelines.config import PipelineConfig, load_config
-from pipelines.errors import RiffleError, format_validation_error
 
 if TYPE_CHECKING:
     from pipelines.registry import ModelVersion, Registry
@@ -51,7 +50,9 @@ def open_registry(config: Path, registry_url: str | None) -> tuple[PipelineConfi
 
 def version_ref(cfg: PipelineConfig, ref: str) -> str:
     """A version's full id, from a full id or a local one within CONFIG's pipeline."""
-    return ref if "/" in ref else f"{cfg.name}/{ref}"
+    from pipelines.serving.commands import version_ref as ref_of
+
+    return ref_of(cfg, ref)
 
 
 def _when(at: dt.datetime) -> str:
@@ -208,61 +209,28 @@ def _send(config: Path, registry_url: str | None, out: Path | None, wait: bool,
           timeout_s: float, **fields: Any) -> None:
     """Check the command here first (a clear error before anything is sent), send it on
     the control stream, and (``wait``) report what the pipeline did with it."""
-    import time
-
-    from pydantic import ValidationError
-
-    from pipelines.control import open_control
-    from pipelines.protocol import Command
     from pipelines.registry import default_actor
+    from pipelines.serving.commands import send_command, wait_outcome
 
     cfg, registry = open_registry(config, registry_url)
     with registry:
-        for key in ("version",):
-            if fields.get(key) and fields[key] != "live":
-                fields[key] = version_ref(cfg, fields[key])
-        if fields.get("weights"):
-            fields["weights"] = {v if v == "live" else version_ref(cfg, v): w
-                                 for v, w in fields["weights"].items()}
-        try:
-            cmd = Command(pipeline=cfg.name, actor=default_actor(), **fields)
-        except ValidationError as e:
-            raise Fail(format_validation_error(e, root="<command>")) from None
-        for version in [cmd.version, *(cmd.weights or {})]:
-            if version is None or version == "live":
-                continue
-            try:
-                registry.get(version)
-            except RiffleError as e:
-                registry.log_command(status="rejected", raw=cmd.to_json(), channel="cli",
-                                     pipeline=cfg.name, command_id=cmd.id, op=cmd.op,
-                                     version_id=version, actor=cmd.actor, error=str(e))
-                raise Fail(str(e)) from None
-        channel = open_control(cfg, out_dir=out)
-        try:
-            channel.send(cmd.to_json())
-        except (OSError, RiffleError) as e:
-            raise Fail(f"cannot send the command: {e}") from None
-        finally:
-            channel.close()
+        with one_line():
+            sent = send_command(cfg, registry, actor=default_actor(), out_dir=out,
+                                wait=False, **fields)
+        cmd = sent.command
         click.echo(f"sent {cmd.op} ({cmd.id})" + (f" {cmd.version}" if cmd.version else ""))
         if not wait:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            done = [c for c in registry.commands(cfg.name) if c.command_id == cmd.id]
-            if done:
-                record = done[-1]
-                if record.status == "rejected":
-                    raise Fail(f"refused by the pipeline: {record.error}")
-                pause = record.details.get("pause_ms_max")
-                click.echo(f"applied at {_when(record.received_at)} UTC"
-                           + (f" (longest scoring pause {pause:.2f} ms)" if pause is not None
-                              else ""))
-                return
-            time.sleep(0.2)
+        outcome = wait_outcome(cfg, registry, cmd, timeout_s=timeout_s, poll_s=0.2)
+    if outcome.status == "rejected":
+        raise Fail(f"refused by the pipeline: {outcome.error}")
+    if outcome.status == "applied":
+        pause = outcome.details.get("pause_ms_max")
+        click.echo(f"applied at {_when(outcome.received_at)} UTC"
+                   + (f" (longest scoring pause {pause:.2f} ms)" if pause is not None else ""))
+        return
     raise Fail(f"no answer from pipeline {cfg.name} within {timeout_s:.0f} s: is it running? "
-                "(the command waits in the control stream for a --resume)")
+               "(the command waits in the control stream for a --resume)")
 
 
 def _weights(items: tuple[str, ...]) -> dict[str, float]:

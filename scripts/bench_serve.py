@@ -1,0 +1,209 @@
+"""The scoring service's speed on this machine, beside the embedded path (the stream).
+
+1. The stream: ``riffle run`` of the default LR pipeline on N synthetic events (events/s
+   from its summary: scoring embedded in the data path, no request at all); it leaves
+   committed checkpoints in the registry.
+2. The service (``actors.serving.run_service``, what ``riffle serve`` runs) on the same
+   config, in a child process per mode (it serves the stream's model as of its last
+   checkpoint), loaded over loopback by a bounded client
+   (aiohttp, keep-alive, C concurrent requests in a closed loop):
+   single-record requests (req/s, p50/p99), batches of 100 records (records/s), then
+   single records paced at half the measured rate (p99 at half load).
+   ``--modes`` runs the service in Serve's throughput-optimized mode and/or its default;
+   in the optimized mode, through Serve's proxy and straight at the replica's own port
+   (direct ingress: what a load balancer in front of the replicas would do).
+
+    .venv/bin/python scripts/bench_serve.py [--events 100000] [--seconds 10] [--clients 32]
+
+The load client shares the machine's cores with Serve (proxy and replicas): the figures
+are what one box does end to end, client included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+
+
+def _config(out: Path, events: int, *, optimized: bool, replicas: int, port: int) -> Path:
+    cfg = {"name": "bench", "source": {"kind": "synthetic", "partitions": 2,
+                                       "n_events": events, "seed": 7},
+           "output": {"out_dir": str(out)},
+           "serving": {"port": port, "num_replicas": replicas, "num_cpus": 0.5,
+                       "max_ongoing_requests": 256, "throughput_optimized": optimized,
+                       "max_batch": 1000}}
+    path = out.parent / f"bench-{'opt' if optimized else 'default'}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _riffle(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stream(config: Path) -> float:
+    proc = _riffle("run", str(config))
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"riffle run failed:\n{out.decode()[-2000:]}")
+    summary = orjson.loads((Path(yaml.safe_load(config.read_text())["output"]["out_dir"])
+                            / "summary.json").read_bytes())
+    return float(summary["events_per_s"])
+
+
+def _record(i: int) -> dict[str, Any]:
+    return {"key": f"user-{i % 5000}", "features": {
+        "salary": 20000.0 + (i * 37) % 130000, "commission": float((i * 13) % 75000),
+        "age": 20.0 + i % 60, "elevel": float(i % 5), "car": float(1 + i % 20),
+        "zipcode": float(i % 9), "hvalue": 50000.0 + (i * 7) % 900000,
+        "hyears": float(1 + i % 30), "loan": float((i * 11) % 500000)}}
+
+
+async def _load(url: str, *, clients: int, seconds: float, batch: int,
+                rate: float | None = None) -> dict[str, float]:
+    import aiohttp
+
+    headers = {"X-API-Key": KEY, "content-type": "application/json"}
+    bodies = [orjson.dumps({"record": _record(i)} if batch == 1 else
+                           {"records": [_record(i * batch + j) for j in range(batch)]})
+              for i in range(256)]
+    latencies: list[float] = []
+    failed = 0
+    stop_at = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+
+    async def worker(w: int, session: aiohttp.ClientSession) -> None:
+        nonlocal failed
+        i = w
+        next_at = time.perf_counter()
+        while (now := time.perf_counter()) < stop_at:
+            if rate is not None:
+                next_at += clients / rate
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/predict", data=bodies[i % 256],
+                                    headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    failed += 1
+            latencies.append(time.perf_counter() - started)
+            i += clients
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(w, session) for w in range(clients)))
+        spent = time.perf_counter() - began
+    latencies.sort()
+    n = len(latencies)
+    return {"requests_per_s": n / spent, "records_per_s": n * batch / spent,
+            "p50_ms": 1000 * latencies[n // 2], "p99_ms": 1000 * latencies[int(n * 0.99)],
+            "failed": failed, "requests": n}
+
+
+def _loads(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    asyncio.run(_load(url, clients=8, seconds=2, batch=1))  # warm up
+    single = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1))
+    batched = asyncio.run(_load(url, clients=max(args.clients // 4, 2), seconds=args.seconds,
+                                batch=100))
+    half = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1,
+                             rate=single["requests_per_s"] / 2))
+    return {"single": single, "batched": batched, "half": half}
+
+
+def _child(config: Path, mode: str, args: argparse.Namespace) -> None:
+    """One mode in this process: the service started here (Serve's flags are read when
+    its processes start), loaded through Serve's proxy and, with direct ingress, straight
+    at the replica's own HTTP port (what a load balancer in front of replicas does)."""
+    os.environ["RIFFLE_SERVE_KEYS"] = f"bench:admin:{KEY}"
+    from actors.serving import direct_urls, run_service, stop_service
+    from pipelines.config import load_config
+
+    cfg = load_config(config)
+    url = run_service(cfg)
+    out: dict[str, Any] = {}
+    try:
+        out["proxy"] = _loads(url, args)
+        if mode == "optimized":
+            direct = direct_urls(cfg)
+            if direct:
+                out["direct"] = _loads(direct[0], args)
+    finally:
+        stop_service()
+    print("RESULT " + orjson.dumps(out).decode(), flush=True)
+
+
+def _serve_and_load(config: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = {**os.environ}
+    if mode == "default":
+        env.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
+    cmd = [sys.executable, __file__, "--child", mode, "--config", str(config),
+           "--seconds", str(args.seconds), "--clients", str(args.clients)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = orjson.loads(line[7:])
+            return result
+    raise SystemExit(f"{mode}: no result\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--modes", default="optimized,default",
+                    help="optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) and/or default")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.config, args.child, args)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        out = Path(tmp) / "out"
+        first = _config(out, args.events, optimized=True, replicas=args.replicas,
+                        port=args.port)
+        embedded = _stream(first)
+        print(f"embedded (riffle run, {args.events:,} events, same LR model): "
+              f"{embedded:,.0f} records/s")
+        rows = []
+        for mode in args.modes.split(","):
+            config = first if mode == "optimized" else _config(
+                out, args.events, optimized=False, replicas=args.replicas, port=args.port)
+            for route, r in _serve_and_load(config, mode, args).items():
+                rows.append((f"{mode}, {route}", r))
+                print(f"{mode} {route}: {orjson.dumps(r).decode()}", flush=True)
+    print()
+    print(f"| path | single-record req/s (p50 / p99 ms, {args.clients} clients) "
+          "| records/s, batches of 100 | p99 ms at half load | failed |")
+    print("|---|---|---|---|---|")
+    print(f"| embedded (stream) | - | {embedded:,.0f} | - | - |")
+    for mode, r in rows:
+        s, b, h = r["single"], r["batched"], r["half"]
+        print(f"| Serve {mode}, {args.replicas} replica(s) | {s['requests_per_s']:,.0f} "
+              f"({s['p50_ms']:.1f} / {s['p99_ms']:.1f}) | {b['records_per_s']:,.0f} | "
+              f"{h['p99_ms']:.1f} (at {h['requests_per_s']:,.0f} req/s) | "
+              f"{s['failed'] + b['failed'] + h['failed']} |")
+
+
+if __name__ == "__main__":
+    main()
