@@ -25,6 +25,8 @@ from pipelines.protocol import SinkBatch
 __all__ = ["IngestMeters", "ScorerMeters", "SinkMeters", "SupervisorMeters"]
 
 _SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+_CLIENT_OPERATION = "Duration of a read from the source (ingest) or a write (sink)"
+"""One description for both roles: Prometheus takes one HELP and TYPE per name."""
 _BYTES = tuple(float(2 ** k) for k in range(10, 34, 2))  # 1 KiB .. 8 GiB
 
 
@@ -56,8 +58,7 @@ class IngestMeters:
             "riffle.batch.size", unit="{record}", description="Records per batch sent",
             explicit_bucket_boundaries_advisory=_SIZES)
         self._read = t.meter.create_histogram(
-            "messaging.client.operation.duration", unit="s",
-            description="Duration of a read from the source",
+            "messaging.client.operation.duration", unit="s", description=_CLIENT_OPERATION,
             explicit_bucket_boundaries_advisory=SECONDS)
 
     def sent(self, n: int) -> None:
@@ -166,7 +167,7 @@ class SinkMeters:
             description="Read to written, of each batch's oldest record",
             explicit_bucket_boundaries_advisory=SECONDS)
         self._write = m.create_histogram(
-            "messaging.client.operation.duration", unit="s", description="Duration of a sink write",
+            "messaging.client.operation.duration", unit="s", description=_CLIENT_OPERATION,
             explicit_bucket_boundaries_advisory=SECONDS)
 
     def written(self, batch: SinkBatch, duration_s: float, now: float) -> None:

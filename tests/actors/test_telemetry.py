@@ -37,6 +37,8 @@ def scrape(url: str) -> dict[str, list[Any]]:
     """The endpoint's samples by sample name, parsed by prometheus_client's parser."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "a metric family twice (Prometheus rejects it)"
     out: dict[str, list[Any]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
