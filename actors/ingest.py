@@ -286,8 +286,6 @@ class IngestActor:
         if self._spans is None:
             routed, dead = self._core.route(messages)
         else:
-            assert self._meters is not None
-            self._meters.read((read_ns[1] - read_ns[0]) / 1e9)
             span = self._spans.route(messages, read_ns)
             routed, dead = self._core.route(messages)
             self._traces[chunk] = self._spans.routed(span, len(dead))

@@ -70,7 +70,6 @@ def one_round(config: PipelineConfig, out: Path, telemetry: TelemetryConfig | No
             trace = ""
         else:
             assert meters is not None
-            meters.read((time.time_ns() - read_ns) / 1e9)
             span = spans.route(msgs, (read_ns, time.time_ns()))
             routed, dead = core.route(msgs)
             trace = spans.routed(span, len(dead))
@@ -96,12 +95,59 @@ def one_round(config: PipelineConfig, out: Path, telemetry: TelemetryConfig | No
     return {"events": events, "events_per_s": events / wall, "cpu_us_per_event": 1e6 * cpu / events}
 
 
+def hook_costs(config: PipelineConfig, telemetry: TelemetryConfig, n: int = 500
+               ) -> dict[str, tuple[float, float]]:
+    """Microseconds per batch of each hook alone, around no-op work (the upper bound of
+    what telemetry adds, without the noise of the work itself)."""
+    task = task_of(build_model(config.scoring.model))
+    reader = open_reader(config.source, [0])
+    core = IngestCore(config, task=task)
+    msgs = reader.read(config.ingest.batch_size)
+    routed, _ = core.route(msgs)
+    batch = Batch(0, routed[0], "", time.time())
+    scorer = ScorerCore(config.scoring, name="scorer-0")
+    sink = FileSink(Path(tempfile.mkdtemp(prefix="riffle-hooks-")))
+    out = scorer.process(batch)
+    tel = Telemetry(telemetry, pipeline="bench", actor="ingest-0", role="ingest")
+    meters = IngestMeters(tel, counts=lambda: core.counts, in_flight=lambda: 0)
+    spans = IngestSpans(tel.tracer, system="riffle", consumer_group=None, from_headers=False)
+    scorer_t = ScorerTelemetry(telemetry, pipeline="bench", actor="scorer-0", core=lambda: scorer)
+    sink_t = SinkTelemetry(telemetry, pipeline="bench", system="file",
+                           destination="predictions.jsonl", counts=lambda: sink.counts)
+
+    def ingest() -> None:
+        t = time.time_ns()
+        spans.routed(spans.route(msgs, (t, t + 1000)), 0)
+        meters.sent(len(batch.items))
+
+    def timed(f: Any) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        return 1e6 * (time.perf_counter() - t0) / n
+
+    # Each hook beside the work it wraps, timed alike in turn (the ratio is the cost).
+    costs = {"ingest: a span (two when sampled), 1 histogram": (
+                 timed(ingest), timed(lambda: core.route(msgs))),
+             "scorer: wrapper, 4 histograms": (
+                 timed(lambda: scorer_t.process(batch, lambda b: out)),
+                 timed(lambda: scorer.process(batch))),
+             "sink: span check, 1 histogram": (
+                 timed(lambda: sink_t.write(out, lambda b: None)),  # type: ignore[arg-type,return-value]
+                 timed(lambda: sink.write(out))),
+             "snapshot of a scorer (every 0.5 s)": (timed(scorer_t.snapshot), 0.0)}
+    tel.shutdown()
+    sink.close()
+    return costs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sample-ratio", type=float, default=0.01)
+    ap.add_argument("--hooks-only", action="store_true", help="only the per-hook costs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="riffle-bench-telemetry-"))
     data = work / "loans.jsonl"
@@ -111,6 +157,14 @@ def main() -> None:
         "source": {"kind": "file", "path": str(data), "partitions": 1,
                    "label_column": "label", "label_delay_events": 20}})
     telemetry = TelemetryConfig(sample_ratio=args.sample_ratio)  # the default: prometheus
+    costs = hook_costs(config, telemetry)
+    n = config.ingest.batch_size
+    for name, (us, work) in costs.items():
+        share = f", {100 * us / work:.1f}% of the work it wraps" if work else ""
+        print(f"{name}: {us:.1f} us per batch of {n} ({us / n:.3f} us per event){share}",
+              file=sys.stderr)
+    if args.hooks_only:
+        return
     rows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for r in range(args.rounds):
         for name in ("off", "on") if r % 2 == 0 else ("on", "off"):

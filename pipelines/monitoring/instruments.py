@@ -25,8 +25,6 @@ from pipelines.protocol import SinkBatch
 __all__ = ["IngestMeters", "ScorerMeters", "SinkMeters", "SupervisorMeters"]
 
 _SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
-_CLIENT_OPERATION = "Duration of a read from the source (ingest) or a write (sink)"
-"""One description for both roles: Prometheus takes one HELP and TYPE per name."""
 _BYTES = tuple(float(2 ** k) for k in range(10, 34, 2))  # 1 KiB .. 8 GiB
 
 
@@ -57,15 +55,10 @@ class IngestMeters:
         self._size = t.meter.create_histogram(
             "riffle.batch.size", unit="{record}", description="Records per batch sent",
             explicit_bucket_boundaries_advisory=_SIZES)
-        self._read = t.meter.create_histogram(
-            "messaging.client.operation.duration", unit="s", description=_CLIENT_OPERATION,
-            explicit_bucket_boundaries_advisory=SECONDS)
 
     def sent(self, n: int) -> None:
         self._size.record(n, self._attrs)
 
-    def read(self, duration_s: float) -> None:
-        self._read.record(duration_s, self._attrs)
 
 
 class ScorerMeters:
@@ -150,7 +143,7 @@ class ScorerMeters:
 
 
 class SinkMeters:
-    """Predictions and dead letters written; end-to-end latency; write time."""
+    """Predictions and dead letters written; end-to-end latency."""
 
     def __init__(self, t: Telemetry, *, counts: Callable[[], dict[str, Any]]) -> None:
         self._attrs = t.attrs
@@ -166,13 +159,9 @@ class SinkMeters:
             "riffle.e2e.latency", unit="s",
             description="Read to written, of each batch's oldest record",
             explicit_bucket_boundaries_advisory=SECONDS)
-        self._write = m.create_histogram(
-            "messaging.client.operation.duration", unit="s", description=_CLIENT_OPERATION,
-            explicit_bucket_boundaries_advisory=SECONDS)
 
-    def written(self, batch: SinkBatch, duration_s: float, now: float) -> None:
+    def written(self, batch: SinkBatch, now: float) -> None:
         attrs = self._attrs
-        self._write.record(duration_s, attrs)
         if batch.read_at:
             self._e2e.record(max(now - min(batch.read_at), 0.0), attrs)
         if batch.dead_letters:

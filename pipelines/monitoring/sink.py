@@ -30,7 +30,6 @@ class SinkTelemetry:
         self._system, self._destination = system, destination
 
     def write(self, batch: SinkBatch, write: Callable[[SinkBatch], Ack]) -> Ack:
-        t0 = time.perf_counter()
         if sampled(batch.trace):
             with self._t.tracer.start_as_current_span(
                     "sink.write", context=context_of(batch.trace),
@@ -42,7 +41,7 @@ class SinkTelemetry:
                 ack = write(batch._replace(trace=traceparent_of(span)))
         else:
             ack = write(batch)
-        self._meters.written(batch, time.perf_counter() - t0, time.time())
+        self._meters.written(batch, time.time())
         return ack
 
     def snapshot(self, *, flush: bool = False) -> list[Any]:

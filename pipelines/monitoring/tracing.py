@@ -44,10 +44,17 @@ def context_of(traceparent: str) -> Context | None:
 
 
 def traceparent_of(span: Span) -> str:
-    """The ``traceparent`` of ``span`` ("" for an invalid, no-op span)."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent", "")
+    """The ``traceparent`` of ``span`` ("" for an invalid, no-op span): W3C version 00,
+    formatted here (the propagator's inject costs ~10x more, on every batch).
+
+    >>> from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    >>> traceparent_of(NonRecordingSpan(SpanContext(1, 2, False, TraceFlags(1))))
+    '00-00000000000000000000000000000001-0000000000000002-01'
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 def header_trace(headers: list[tuple[str, bytes]] | None) -> str:
@@ -93,7 +100,8 @@ def messaging(system: str, operation: str, destination: str, n: int,
 class IngestSpans:
     """``ingest.read`` (the read from the source, continuing a producer's trace when its
     first message has one) and ``ingest.route`` (decode, validate, dedupe, route) of each
-    chunk read; :meth:`routed` gives the ``traceparent`` its batches carry."""
+    sampled chunk read; :meth:`routed` gives the ``traceparent`` its batches carry (of an
+    unsampled chunk: its read's, which only names the trace)."""
 
     def __init__(self, tracer: trace.Tracer, *, system: str, consumer_group: str | None,
                  from_headers: bool) -> None:
@@ -120,6 +128,8 @@ class IngestSpans:
             links=links, start_time=read_ns[0],
             attributes=messaging(self._system, "receive", first.topic, len(messages), **extra))
         read.end(read_ns[1])
+        if not read.is_recording() and not read.get_span_context().trace_flags.sampled:
+            return read  # unsampled: its context names the trace; no route span to make
         return self._tracer.start_span(
             "ingest.route", context=trace.set_span_in_context(read),
             kind=trace.SpanKind.PRODUCER,
@@ -127,7 +137,8 @@ class IngestSpans:
 
     @staticmethod
     def routed(span: Span, n_dead: int) -> str:
+        """End the route span (of a sampled chunk); the ``traceparent`` its batches carry."""
         if span.is_recording():
             span.set_attribute("riffle.dead_letters", n_dead)
-        span.end()
+            span.end()
         return traceparent_of(span)
