@@ -64,6 +64,9 @@ def test_kafka_producer_traceparent_continues_through_riffle_to_predictions(
         assert by_id[route["parent"]]["name"] == "ingest.read"
     # The prediction of the traced event names the sink's span of the same trace.
     predictions = read_topic(kafka.bootstrap_servers, kafka.topics.predictions)
+    # Every prediction names a trace (unsampled ones too: flags 00), for its consumers.
+    assert len(predictions) == 300 and all(
+        len(dict(m.headers)["traceparent"]) == 55 for m in predictions)
     first = next(m for m in predictions if orjson.loads(m.value)["record_id"] == "r0")
     traceparent = dict(first.headers)["traceparent"].decode()
     _, trace_id, span_id, flags = traceparent.split("-")
