@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -97,7 +99,10 @@ def run_pipeline(
     ``out_dir``. ``on_started`` gets the Supervisor's handle once every actor answers
     (e.g. to scale a Kafka group). ``resume`` starts from the newest intact committed
     checkpoint; ``on_notice`` gets the line saying so when a damaged one was passed over
-    (default: a logged warning).
+    (default: a logged warning). With the Prometheus exporter (``telemetry``), the
+    driver serves every actor's metrics on one endpoint while the run lasts (and
+    ``telemetry.linger_s`` after, or until ``stop`` is set); its URL is in
+    ``status.json`` and the summary (``telemetry.prometheus``).
     """
     from actors.supervisor import Supervisor
 
@@ -107,6 +112,15 @@ def run_pipeline(
     store = config.checkpoint_store_url(out)
     if not resume:
         (out / "supervision.jsonl").unlink(missing_ok=True)
+    tcfg = config.telemetry
+    endpoint = None
+    if tcfg.active and "prometheus" in tcfg.exporters:
+        from pipelines.monitoring.scrape import open_endpoint
+
+        endpoint, trouble = open_endpoint(tcfg.prometheus_host, tcfg.prometheus_port)
+        if trouble is not None:
+            (on_notice or log.warning)(trouble)
+    where = {"telemetry": {"prometheus": endpoint.url}} if endpoint is not None else {}
     # The Supervisor shares the driver's fate (the run ends with either), so it runs on
     # the driver's node: never on a worker node a cluster may lose.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -125,19 +139,40 @@ def run_pipeline(
         # Polled every interval for as long as the pipeline runs: no task events (Ray's GCS
         # would keep a record of each poll; see actors.ingest._without_task_events).
         poll_status = supervisor.status.options(enable_task_events=False)
+        poll_metrics = supervisor.metrics.options(enable_task_events=False)
         while not ray.wait([done], timeout=interval)[0]:
             if stop is not None and stop.is_set() and not stopping:
                 stopping = True
                 ray.get(supervisor.stop.remote())
+            metrics = poll_metrics.remote() if endpoint is not None else None
             status = ray.get(poll_status.remote())
-            write_status(out, status)
+            if endpoint is not None and metrics is not None:
+                endpoint.update(ray.get(metrics))
+            write_status(out, {**status, **where})
             if on_progress is not None:
                 _observe(on_progress, status)
         summary: dict[str, Any] = _get(done)
+        if tcfg.active:  # the final figures; OTLP and console exporters send what they hold
+            final = ray.get(supervisor.metrics.remote(True))
+            if endpoint is not None:
+                endpoint.update(final)
+        summary.update(where)
     finally:
         ray.kill(supervisor, no_restart=True)
+        if endpoint is not None and sys.exc_info()[0] is not None:
+            endpoint.close()
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    if endpoint is not None:
+        _linger(tcfg.linger_s, stop)
+        endpoint.close()
     return summary
+
+
+def _linger(seconds: float, stop: threading.Event | None) -> None:
+    """Serve the final figures a while longer (a scrape interval), unless stopped."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        (stop or threading.Event()).wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
 
 def _observe(on_progress: Callable[[dict[str, Any]], None], status: dict[str, Any]) -> None:

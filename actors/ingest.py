@@ -34,6 +34,9 @@ from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
 from pipelines.ingest import Batcher, IngestCore, PositionTracker
 from pipelines.models import Task
+from pipelines.monitoring.instruments import IngestMeters
+from pipelines.monitoring.telemetry import Telemetry
+from pipelines.monitoring.tracing import IngestSpans
 from pipelines.protocol import Barrier, Batch, IngestPart, SinkBatch, encode_batch
 from pipelines.sources import open_pipeline_reader
 
@@ -73,6 +76,18 @@ class IngestActor:
         self._store = CheckpointStore(store_url) if store_url else None
         self._barrier_lock = threading.Lock()
         self._running = False
+        self._telemetry: Telemetry | None = None
+        self._meters: IngestMeters | None = None
+        self._spans: IngestSpans | None = None
+        if config.telemetry.active:
+            t = self._telemetry = Telemetry(config.telemetry, pipeline=config.name, actor=name,
+                                            role="ingest")
+            self._meters = IngestMeters(t, counts=lambda: self._core.counts,
+                                        in_flight=lambda: sum(len(q) for q in self._lanes))
+            kafka = config.source.kind == "kafka"
+            self._spans = IngestSpans(t.tracer, system="kafka" if kafka else "riffle",
+                                      consumer_group=config.kafka.group_id if kafka else None,
+                                      from_headers=kafka)
         self._setup(generation, scorers, sink, restore)
         tune_gc()  # the imports and the reader out of the collector's sight (pipelines.allocator)
 
@@ -102,6 +117,8 @@ class IngestActor:
         self._lane_of: dict[ray.ObjectRef, int] = {}
         self._seq = 0
         self._chunk = 0
+        self._traces: dict[int, str] = {}
+        """Per chunk read and not yet all sent, the traceparent of its route span."""
         self._in_flight_peak = 0
         self._commits: dict[str, int] = {}
         self._last_commit = 0.0
@@ -122,6 +139,10 @@ class IngestActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def telemetry(self, flush: bool = False) -> list[Any]:
+        """This actor's metrics now (``flush``: the run ends, exporters send what they hold)."""
+        return self._telemetry.snapshot(flush=flush) if self._telemetry is not None else []
 
     def reset(self, generation: int, scorers: list[ActorHandle], sink: ActorHandle,
               restore: Manifest | None) -> str:
@@ -213,11 +234,12 @@ class IngestActor:
                 self._inject_barrier()
             finishing = self._stop.is_set() or reader.exhausted
             holding = self._hold.is_set()
+            read_ns = time.time_ns()
             messages = [] if finishing or holding else reader.read(self._cfg.batch_size)
             if messages:
                 if self._first_read_at is None:
                     self._first_read_at = time.time()
-                self._route(messages)
+                self._route(messages, (read_ns, time.time_ns()))
             idle = not messages
             self._flush(force=idle)
             self._collect(0)
@@ -258,10 +280,15 @@ class IngestActor:
         self._checkpoint_pause_s += time.monotonic() - started
 
     # -- the steps of the loop ---------------------------------------------------------
-    def _route(self, messages: list) -> None:
-        routed, dead = self._core.route(messages)
+    def _route(self, messages: list, read_ns: tuple[int, int] = (0, 0)) -> None:
         chunk = self._chunk
         self._chunk += 1
+        if self._spans is None:
+            routed, dead = self._core.route(messages)
+        else:
+            span = self._spans.route(messages, read_ns)
+            routed, dead = self._core.route(messages)
+            self._traces[chunk] = self._spans.routed(span, len(dead))
         self._tracker.chunk_read(chunk, self._reader.positions())
         if dead:
             self._send(len(self._scorers), chunk,
@@ -269,13 +296,23 @@ class IngestActor:
         self._batcher.add(chunk, routed, now=time.monotonic())
 
     def _flush(self, *, force: bool) -> None:
-        for s, items, oldest in self._batcher.cut(now=time.monotonic(), force=force):
-            data = encode_batch(Batch(self._seq, items))
+        cut = self._batcher.cut(now=time.monotonic(), force=force)
+        if not cut:
+            return
+        traces, meters = self._traces, self._meters
+        for s, items, oldest in cut:
+            data = encode_batch(Batch(self._seq, items, traces.get(oldest, ""), time.time()))
+            if meters is not None:
+                meters.sent(len(items))
             self._seq += 1
             process = self._process[s]
             # The scorer's output goes to the sink by reference: it never comes back here.
             self._send(s, oldest, lambda p=process, d=data, g=self._generation:
                        self._write.remote(p.remote(d, g)))
+        if traces:  # the chunks all sent
+            first = self._batcher.oldest_chunk()
+            for chunk in [c for c in traces if first is None or c < first]:
+                del traces[chunk]
 
     def _send(self, lane: int, chunk: int, submit: Any) -> None:
         # Backpressure: wait for the oldest unit of this lane while it is full.

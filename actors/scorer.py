@@ -19,8 +19,9 @@ import ray
 from pipelines.allocator import pin_mmap_threshold, tune_gc
 from pipelines.audit.trail import AuditStore, SegmentWriter
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
-from pipelines.config import ScoringConfig
+from pipelines.config import ScoringConfig, TelemetryConfig
 from pipelines.faults import Drills
+from pipelines.monitoring.scorer import ScorerTelemetry
 from pipelines.protocol import Applied, Barrier, Deployment, ScorerPart, SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore, live_model_of
 
@@ -34,9 +35,11 @@ class ScorerActor:
                  restore: Manifest | None = None, drills: list[str] | None = None,
                  deployment: Deployment | None = None,
                  artifacts: dict[str, bytes] | None = None,
-                 audit_rows: int | None = None) -> None:
+                 audit_rows: int | None = None, telemetry: TelemetryConfig | None = None,
+                 pipeline: str = "") -> None:
         """``audit_rows``: keep the audit trail and training log, in segments of this
-        many rows (None: keep none; they need a checkpoint store)."""
+        many rows (None: keep none; they need a checkpoint store). ``telemetry``: its
+        metrics and spans (None: none)."""
         pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         self._drills = Drills(drills or [], name)
         self._drills.fire("start")
@@ -47,6 +50,9 @@ class ScorerActor:
         self._audit_store = AuditStore(store_url) if store_url and audit_rows else None
         self._audit_rows = audit_rows or 0
         self._writer: SegmentWriter | None = None
+        self._telemetry = ScorerTelemetry(telemetry, pipeline=pipeline, actor=name,
+                                          core=lambda: self._core) \
+            if telemetry is not None and telemetry.active else None
         self.reset(generation, restore, deployment, artifacts)
         tune_gc()  # the imports and the model out of the collector's sight (pipelines.allocator)
 
@@ -79,7 +85,10 @@ class ScorerActor:
         scorer may not hold yet). Returns the pause it caused and the swap's position."""
         started = time.perf_counter()
         out = self._core.apply(deployment, _load_models(artifacts))
-        return Applied(out["name"], out["scored"], time.perf_counter() - started, generation)
+        pause_s = time.perf_counter() - started
+        if self._telemetry is not None:
+            self._telemetry.swapped(pause_s, deployment.arms[0].version)
+        return Applied(out["name"], out["scored"], pause_s, generation)
 
     def ready(self) -> str:
         return self._core.name
@@ -87,11 +96,19 @@ class ScorerActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def telemetry(self, flush: bool = False) -> list[Any]:
+        """This actor's metrics now (``flush``: the run ends, exporters send what they hold)."""
+        return self._telemetry.snapshot(flush=flush) if self._telemetry is not None else []
+
     def process(self, data: bytes, generation: int = 0) -> SinkBatch:
         """An encoded Batch: events scored, feedback learned, in arrival order."""
         if generation != self._generation:  # sent before a restart: replayed anew
             return _NOTHING
-        out = self._core.process(decode_batch(data))
+        batch = decode_batch(data)
+        if self._telemetry is None:
+            out = self._core.process(batch)
+        else:  # one span (when sampled) and a few histograms per batch
+            out = self._telemetry.process(batch, self._core.process)
         if self._writer is not None:
             assert self._core.audit is not None
             self._writer.absorb(self._core.audit, self._core.checkpoint)

@@ -10,6 +10,7 @@ import ray
 
 from pipelines.allocator import tune_gc
 from pipelines.config import PipelineConfig
+from pipelines.monitoring.sink import SinkTelemetry
 from pipelines.protocol import Ack, SinkBatch
 from pipelines.sinks import FileSink, KafkaSink
 
@@ -25,6 +26,11 @@ class SinkActor:
         self._sink: FileSink | KafkaSink = (
             KafkaSink(config.kafka, client_id=f"{config.name}-sink")
             if config.output.kind == "kafka" else FileSink(out_dir, append=append))
+        kafka = config.output.kind == "kafka"
+        self._telemetry = SinkTelemetry(
+            config.telemetry, pipeline=config.name, system="kafka" if kafka else "file",
+            destination=config.kafka.topics.predictions if kafka else "predictions.jsonl",
+            counts=lambda: self._sink.counts) if config.telemetry.active else None
         tune_gc()  # the imports out of the collector's sight (pipelines.allocator)
 
     @ray.method(concurrency_group="health")
@@ -35,8 +41,15 @@ class SinkActor:
     def pid(self) -> int:
         return os.getpid()
 
+    @ray.method(concurrency_group="health")
+    def telemetry(self, flush: bool = False) -> list[Any]:
+        """This actor's metrics now (``flush``: the run ends, exporters send what they hold)."""
+        return self._telemetry.snapshot(flush=flush) if self._telemetry is not None else []
+
     def write(self, batch: SinkBatch) -> Ack:
-        return self._sink.write(batch)
+        if self._telemetry is None:
+            return self._sink.write(batch)
+        return self._telemetry.write(batch, self._sink.write)
 
     def stats(self) -> dict[str, Any]:
         return self._sink.stats()

@@ -41,10 +41,14 @@ from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, PipelineError, RunFailed, cause_line
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
 from pipelines.models import Task, build_model, task_of
+from pipelines.monitoring.instruments import SupervisorMeters
+from pipelines.monitoring.telemetry import Telemetry
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
 
 TICK_S = 0.05
+TELEMETRY_TIMEOUT_S = 2.0
+"""How long an actor gets to answer a metrics snapshot (else its last one stands)."""
 
 
 @ray.remote(max_restarts=0, num_cpus=0)
@@ -77,6 +81,12 @@ class Supervisor:
         """A forget rewinds the data path: the watch loop looks away meanwhile."""
         self._failure: ActorFailed | None = None
         """A failure met by a forget, for the watch loop to recover from."""
+        self._telemetry: Telemetry | None = None
+        self._meters: SupervisorMeters | None = None
+        if config.telemetry.active:
+            self._telemetry = Telemetry(config.telemetry, pipeline=config.name,
+                                        actor="supervisor", role="supervisor")
+            self._meters = SupervisorMeters(self._telemetry)
 
     # -- the topology ------------------------------------------------------------------
     async def start(self, resume: bool = False) -> list[str]:
@@ -357,6 +367,8 @@ class Supervisor:
                 failure = again
                 continue
             self._restarts += 1
+            if self._meters is not None:
+                self._meters.restarted(role)
             self._log.record("restart", failure.actor, failure.error, checkpoint=checkpoint,
                              attempt=decision.attempt, delay_s=decision.delay_s,
                              strategy=self._config.supervision.strategy,
@@ -427,6 +439,28 @@ class Supervisor:
             list(ingest), list(scorers),
             {"predictions_written": sum(i["acked"]["predictions"] for i in ingest),
              "dead_letters_written": sum(i["acked"]["dead_letters"] for i in ingest)})
+
+    async def metrics(self, flush: bool = False) -> dict[str, list[Any]]:
+        """Every actor's metrics snapshot and this one's, by actor name (the driver serves
+        their union). An actor that does not answer in time is left out: the driver keeps
+        its last snapshot. ``flush``: the run ends; exporters send what they hold."""
+        if self._telemetry is None:
+            return {}
+        if self._meters is not None and self._checkpoints is not None:
+            self._meters.checkpoints(self._checkpoints.history, self._checkpoints.n_taken)
+        out: dict[str, list[Any]] = {"supervisor": self._telemetry.snapshot(flush=flush)}
+        names = self._actors.named() if hasattr(self, "_actors") else []
+
+        async def one(actor: Any) -> list[Any]:
+            return await asyncio.wait_for(
+                actor.telemetry.options(enable_task_events=False).remote(flush),
+                TELEMETRY_TIMEOUT_S)
+
+        answers = await asyncio.gather(*(one(a) for _, a in names), return_exceptions=True)
+        for (name, _), answer in zip(names, answers, strict=True):
+            if isinstance(answer, list):
+                out[name] = answer
+        return out
 
     async def stop(self) -> None:
         """Stop reading everywhere; in-flight batches still drain."""

@@ -186,7 +186,8 @@ class Topology:
             restore=restore, drills=cfg.runtime.fault_drills,
             deployment=self._control.deployment,
             artifacts=self._control.artifacts_for(f"scorer-{index}"),
-            audit_rows=cfg.audit.segment_rows if cfg.audit.enabled else None)
+            audit_rows=cfg.audit.segment_rows if cfg.audit.enabled else None,
+            telemetry=cfg.telemetry, pipeline=cfg.name)
 
     def _new_ingest(self, index: int, partitions: list[int],
                     restore: Manifest | None = None) -> Any:

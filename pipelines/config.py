@@ -53,6 +53,7 @@ __all__ = [
     "StepSpec",
     "SupervisionConfig",
     "SyntheticSourceConfig",
+    "TelemetryConfig",
     "TrainingConfig",
     "format_validation_error",
     "load_config",
@@ -563,6 +564,33 @@ class ServingConfig(_Frozen):
     Ray it starts; a cluster sets it in its own environment)."""
 
 
+class TelemetryConfig(_Frozen):
+    """OpenTelemetry metrics and traces of every actor (``pipelines.monitoring``).
+
+    ``exporters``: ``prometheus`` (one scrape endpoint for the whole pipeline, served by
+    the driver), ``otlp`` (HTTP/protobuf to a collector, from every actor), ``console``
+    (the actors' logs); empty: none (no trace context either).
+    """
+
+    enabled: bool = True
+    exporters: list[Literal["prometheus", "otlp", "console"]] = ["prometheus"]
+    prometheus_host: str = "0.0.0.0"
+    prometheus_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    """0: a free port, reported in ``status.json`` and the summary's ``telemetry``."""
+    otlp_endpoint: str = "http://127.0.0.1:4318"
+    """The collector's base URL; ``/v1/metrics`` and ``/v1/traces`` are appended."""
+    export_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    """How often OTLP and console export metrics (and at most how long spans wait)."""
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Share of batches traced (a trace from a producer's sampled header always is)."""
+    linger_s: Annotated[float, Field(ge=0)] = 0.0
+    """Keep serving the final figures this long after the run (for a last scrape)."""
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.exporters)
+
+
 class PipelineConfig(_Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     source: SourceConfig
@@ -579,6 +607,7 @@ class PipelineConfig(_Frozen):
     control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:

@@ -144,6 +144,12 @@ class LabelBuffer(Generic[T]):
             setattr(self, name, OrderedDict((rid, (now - age, v))
                                             for rid, (age, v) in state[name].items()))
 
+    def waited_s(self, record_ids: list[str]) -> list[float]:
+        """How long each of these scored records has waited for its label so far (ids
+        not held are left out): a label arriving now has this delay."""
+        pending, now = self._pending, self._clock()
+        return [now - held[0] for held in map(pending.get, record_ids) if held is not None]
+
     @property
     def n_pending(self) -> int:
         return len(self._pending)

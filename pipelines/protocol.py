@@ -75,6 +75,8 @@ class SourceMessage(NamedTuple):
     """When the source produced the message (epoch seconds)."""
     key: bytes | None = None
     """The message key on the wire, when there is one (Kafka)."""
+    trace: str = ""
+    """Its W3C ``traceparent`` header, when the producer sent one (Kafka)."""
 
 
 class Event(NamedTuple):
@@ -133,6 +135,10 @@ class Batch(NamedTuple):
 
     seq: int
     items: list[Event | Feedback]
+    trace: str = ""
+    """W3C ``traceparent`` of the ingest span that routed it ("": telemetry off)."""
+    sent_at: float = 0.0
+    """When the ingest actor sent it (epoch seconds): the scorer's queue wait."""
 
 
 class SinkBatch(NamedTuple):
@@ -149,6 +155,8 @@ class SinkBatch(NamedTuple):
     shadow: list[bytes] = []
     """Outputs of shadow (dark) arms: written to the shadow output, never as predictions.
     (The default is never mutated: every producer passes its own list.)"""
+    trace: str = ""
+    """W3C ``traceparent`` of the scorer span that made it (the predictions' header)."""
 
     @staticmethod
     def of_dead_letters(dead: list[DeadLetter]) -> SinkBatch:
@@ -176,25 +184,25 @@ def encode_batch(batch: Batch) -> bytes:
     against 1.3 + 2.5 us as plain tuples, on the loan sample).
 
     >>> b = Batch(3, [Event("r1", "k", 0.0, {"x": 1.0}, 0, 4, 1.0, "t"),
-    ...               Feedback("r1", "k", True, 0.0, 0, 5, 1.0, "t")])
+    ...               Feedback("r1", "k", True, 0.0, 0, 5, 1.0, "t")], "00-ab-cd-01", 2.0)
     >>> back = decode_batch(encode_batch(b))
     >>> back == b, [type(i).__name__ for i in back.items]
     (True, ['Event', 'Feedback'])
     """
     items = batch.items
     kinds = bytes([_EVENT if type(i) is Event else _FEEDBACK for i in items])
-    return pickle.dumps((batch.seq, kinds, [tuple(i) for i in items]),
-                        protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((batch.seq, kinds, [tuple(i) for i in items], batch.trace,
+                         batch.sent_at), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_batch(data: bytes) -> Batch:
     try:
-        seq, kinds, rows = pickle.loads(data)
+        seq, kinds, rows, trace, sent_at = pickle.loads(data)
     except (pickle.UnpicklingError, TypeError, ValueError) as e:
         raise TypeError(f"expected an encoded Batch: {e}") from None
     new = tuple.__new__  # a named tuple from a plain one, in C
     return Batch(seq, [new(Event, r) if k == _EVENT else new(Feedback, r)
-                       for k, r in zip(kinds, rows, strict=True)])
+                       for k, r in zip(kinds, rows, strict=True)], trace, sent_at)
 
 
 # -- the control path ------------------------------------------------------------------

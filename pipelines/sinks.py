@@ -181,15 +181,13 @@ class KafkaSink:
     """Produces predictions and dead letters to their topics; acks once the broker has them.
 
     Predictions: message key = the record's ``key``, value = the JSON line of
-    ``predictions.jsonl``, headers ``riffle.model_version`` and a W3C ``traceparent``.
+    ``predictions.jsonl``, headers ``riffle.model_version`` and the W3C ``traceparent`` of
+    the batch's ``sink.write`` span (:mod:`pipelines.monitoring`; none with telemetry off).
     Dead letters follow Kafka Connect: the original bytes and key, with the error and
     the source topic, partition and offset in ``__connect.errors.*`` headers.
     """
 
     def __init__(self, kafka: KafkaConfig, *, client_id: str = "riffle-sink") -> None:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         from pipelines.kafka import producer
 
         self._producer = producer(kafka, client_id=client_id)
@@ -197,8 +195,6 @@ class KafkaSink:
         # The producer fails a record it could not deliver within delivery_timeout_ms, so
         # a flush lasting longer than that is stuck.
         self._flush_timeout_s = kafka.delivery_timeout_ms / 1000 + FLUSH_MARGIN_S
-        self._tracer = TracerProvider().get_tracer("riffle.sink")
-        self._propagator = TraceContextTextMapPropagator()
         self._partitions: dict[str, int] = {}
         self.latency = LatencySketch()
         self.counts = {"predictions_written": 0, "dead_letters_written": 0,
@@ -206,7 +202,6 @@ class KafkaSink:
 
     def write(self, batch: SinkBatch) -> Ack:
         from kafka.errors import KafkaError
-        from opentelemetry import trace
 
         from pipelines.kafka import connect_headers
 
@@ -214,42 +209,37 @@ class KafkaSink:
         predictions: list[Any] = []  # the futures of the sends, checked after the flush
         dead: list[Any] = []
         topic = self._topics.predictions
-        with self._tracer.start_as_current_span("sink.write") as span:
-            span.set_attribute("messaging.destination.name", topic)
-            span.set_attribute("messaging.batch.message_count", len(batch.predictions))
-            carrier: dict[str, str] = {}
-            self._propagator.inject(carrier, context=trace.set_span_in_context(span))
-            traceparent = carrier.get("traceparent", "").encode()
-            try:
-                n_parts = self._n_partitions(topic)
-                keep = predictions.append
-                for line, key, version in zip(batch.predictions, batch.keys, batch.versions,
-                                              strict=True):
-                    # The partition Kafka's default partitioner would pick, from our cache:
-                    # kafka-python's murmur2 is pure Python (~5 us a message).
+        trace = [("traceparent", batch.trace.encode())] if batch.trace else []
+        try:
+            n_parts = self._n_partitions(topic)
+            keep = predictions.append
+            for line, key, version in zip(batch.predictions, batch.keys, batch.versions,
+                                          strict=True):
+                # The partition Kafka's default partitioner would pick, from our cache:
+                # kafka-python's murmur2 is pure Python (~5 us a message).
+                keep(send(topic, value=line, key=key.encode("utf-8"),
+                          partition=partition_of(key, n_parts),
+                          headers=[("riffle.model_version", version.encode()),
+                                   *trace]))
+            if batch.shadow:  # shadow outputs: their own topic, never the predictions'
+                topic = self._topics.shadow
+                n_shadow = self._n_partitions(topic)
+                for line in batch.shadow:
+                    key = orjson.loads(line)["key"]
                     keep(send(topic, value=line, key=key.encode("utf-8"),
-                              partition=partition_of(key, n_parts),
-                              headers=[("riffle.model_version", version.encode()),
-                                       ("traceparent", traceparent)]))
-                if batch.shadow:  # shadow outputs: their own topic, never the predictions'
-                    topic = self._topics.shadow
-                    n_shadow = self._n_partitions(topic)
-                    for line in batch.shadow:
-                        key = orjson.loads(line)["key"]
-                        keep(send(topic, value=line, key=key.encode("utf-8"),
-                                  partition=partition_of(key, n_shadow)))
-                topic = self._topics.dead_letters
-                keep = dead.append
-                for d in batch.dead_letters:
-                    keep(send(topic, value=d.raw, key=d.key,
-                              headers=connect_headers(d.error_class, d.error, d.topic,
-                                                      d.partition, d.offset)))
-            except KafkaError as e:  # no buffer space or no metadata in time, too large...
-                raise PipelineError(f"sink: cannot send to {topic}: {type(e).__name__}: "
-                                    f"{e}") from None
-            # The ack means "on the broker": flush() waits for every send to complete, but
-            # raises only on its own timeout; each send's outcome is in its future.
-            self._flush(predictions, dead)
+                              partition=partition_of(key, n_shadow)))
+            topic = self._topics.dead_letters
+            keep = dead.append
+            for d in batch.dead_letters:
+                keep(send(topic, value=d.raw, key=d.key,
+                          headers=connect_headers(d.error_class, d.error, d.topic,
+                                                  d.partition, d.offset)))
+        except KafkaError as e:  # no buffer space or no metadata in time, too large...
+            raise PipelineError(f"sink: cannot send to {topic}: {type(e).__name__}: "
+                                f"{e}") from None
+        # The ack means "on the broker": flush() waits for every send to complete, but
+        # raises only on its own timeout; each send's outcome is in its future.
+        self._flush(predictions, dead)
         now = time.time()
         self.latency.add_many([(now - t) * 1000.0 for t in batch.read_at])
         self.counts["predictions_written"] += len(batch.predictions)

@@ -79,11 +79,14 @@ from peer_loops import FILE_PARTITIONS, LABEL_DELAY, MODELS  # noqa: E402
 PEERS = ROOT / "scripts" / "peer_loops.py"
 SHAPES = ((1, 1), (1, 2), (2, 2))
 FILE_SYSTEMS = ["minimal", "bytewax", "riffle-cores", *(f"riffle-{i}x{s}" for i, s in SHAPES),
-                "riffle-1x2-half", "riffle-1x2-noaudit", "riffle-1x2-reasons"]
+                "riffle-1x2-half", "riffle-1x2-noaudit", "riffle-1x2-notelemetry",
+                "riffle-1x2-reasons"]
 """``riffle-cores``: riffle's own cores in one process, no Ray (the pipeline's baseline, not a
 peer). ``riffle-1x2-half``: 1+2 fed at half the rate riffle-1x2 reached in this run (latency).
 ``riffle-1x2-noaudit``: 1+2 without the audit trail and training log (what they cost; every
-other riffle row keeps them, the default). ``riffle-1x2-reasons``: 1+2 with reason codes on
+other riffle row keeps them, the default). ``riffle-1x2-notelemetry``: 1+2 without
+OpenTelemetry (every other riffle row has the default: the Prometheus endpoint, spans on
+1% of batches). ``riffle-1x2-reasons``: 1+2 with reason codes on
 every prediction (``scoring.explain.top_k: 3``)."""
 KAFKA_SYSTEMS = ["kafka-loop", "quix", *(f"riffle-kafka-{i}x{s}" for i, s in SHAPES)]
 KAFKA_PARTITIONS = 4
@@ -458,10 +461,12 @@ def run_system(ctx: Context, system: str, model: str) -> Row:
         source = {**file_source(ctx.data_for(n)), "rate_per_s": round(full / 2)}
         return run_riffle(ctx, system, model, riffle_config(
             f"peers-{system}-{model}", model, 1, 2, source))
-    if system in ("riffle-1x2-noaudit", "riffle-1x2-reasons"):
+    if system in ("riffle-1x2-noaudit", "riffle-1x2-notelemetry", "riffle-1x2-reasons"):
         cfg = riffle_config(f"peers-{system}-{model}", model, 1, 2, file_source(ctx.data_for(n)))
         if system == "riffle-1x2-noaudit":
             cfg["audit"] = {"enabled": False}
+        elif system == "riffle-1x2-notelemetry":
+            cfg["telemetry"] = {"enabled": False}
         else:
             cfg["scoring"]["explain"] = {"top_k": 3}
         return run_riffle(ctx, system, model, cfg)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.config import KafkaConfig, KafkaSourceConfig
 from pipelines.kafka import client_options
+from pipelines.monitoring.tracing import header_trace
 from pipelines.protocol import SourceMessage
 from pipelines.sources.align import TopicAligner
 from pipelines.sources.base import decode_json_object
@@ -200,7 +201,8 @@ class KafkaReader:
                                               require_key=require_key and kind == "event")
                 fetched.append(SourceMessage(tp.topic, tp.partition, m.offset, kind, payload,
                                              m.value if m.value is not None else b"", error,
-                                             m.timestamp / 1000.0, m.key))
+                                             m.timestamp / 1000.0, m.key,
+                                             header_trace(m.headers) if m.headers else ""))
         now = self._last_poll = time.monotonic()
         if fetched:
             self._last_fetch = now

@@ -1,0 +1,1 @@
+"""Monitoring: what a running pipeline tells operators (telemetry, and more to come)."""
