@@ -21,6 +21,7 @@ import ray
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, last_line, named_line
+from pipelines.monitoring.series import SERIES, SeriesWriter
 from pipelines.sources import check_source
 from pipelines.status import read_status, write_status
 
@@ -107,6 +108,8 @@ def run_pipeline(
     if not resume:
         (out / "supervision.jsonl").unlink(missing_ok=True)
     supervisor = Supervisor.remote(config, str(out), store, task=task)
+    every = config.runtime.series_interval_s
+    series = SeriesWriter(out / SERIES, every, append=resume) if every is not None else None
     try:
         # What the operator must know before the run goes on (one line each): a damaged
         # checkpoint passed over on --resume.
@@ -126,11 +129,17 @@ def run_pipeline(
                 ray.get(supervisor.stop.remote())
             status = ray.get(poll_status.remote())
             write_status(out, status)
+            if series is not None:
+                series.offer(status)
             if on_progress is not None:
                 _observe(on_progress, status)
         summary: dict[str, Any] = _get(done)
+        if series is not None:
+            series.offer(summary, force=True)
     finally:
         ray.kill(supervisor, no_restart=True)
+        if series is not None:
+            series.close()
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary
 

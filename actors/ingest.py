@@ -34,6 +34,7 @@ from pipelines.config import PipelineConfig
 from pipelines.faults import Drills
 from pipelines.ingest import Batcher, IngestCore, PositionTracker
 from pipelines.models import Task
+from pipelines.monitoring.resources import process_figures
 from pipelines.protocol import Barrier, Batch, IngestPart, SinkBatch, encode_batch
 from pipelines.sources import open_pipeline_reader
 
@@ -184,7 +185,7 @@ class IngestActor:
                 "in_flight_peak": self._in_flight_peak,
                 "buffered": len(self._batcher),
                 "positions": self._reader.positions(),
-                "checkpoint_pause_s": self._checkpoint_pause_s}
+                "checkpoint_pause_s": self._checkpoint_pause_s, "process": process_figures()}
 
     def run(self) -> dict[str, Any]:
         """Read until the source is exhausted or stop() is called; drain; return stats."""

@@ -21,6 +21,7 @@ from pipelines.audit.trail import AuditStore, SegmentWriter
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig
 from pipelines.faults import Drills
+from pipelines.monitoring.resources import process_figures
 from pipelines.protocol import Applied, Barrier, Deployment, ScorerPart, SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore, live_model_of
 
@@ -134,7 +135,7 @@ class ScorerActor:
             self._writer.committed(seq)
 
     def stats(self) -> dict[str, Any]:
-        return self._core.stats()
+        return {**self._core.stats(), "process": process_figures()}
 
 
 def _load_models(artifacts: dict[str, bytes]) -> dict[str, Any]:
