@@ -30,8 +30,9 @@ lint: setup
 unit: setup
 	$(PY) -m pytest tests/unit pipelines actors
 
-# System tools the tests use, from Debian's packages: kcat (a third-party Kafka client) and
-# PostgreSQL (the registry tests' server, run by scripts/postgres.sh).
+# System tools the tests use, from Debian's packages: kcat (a third-party Kafka client),
+# PostgreSQL (the registry tests' server, run by scripts/postgres.sh) and Chromium (the
+# report's test loads the page in a real headless browser).
 # (Java 17 and Maven, for the Kafka broker of scripts/kafka.sh, are on every machine here.)
 test-deps:
 	@command -v kcat >/dev/null || { \
@@ -40,6 +41,9 @@ test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
 	  { echo "make test: the Kafka broker needs java (17+) and mvn on PATH" >&2; exit 1; }
 
