@@ -152,3 +152,11 @@ def test_report_of_a_drifting_run_with_a_shadow_renders_every_plot(tmp_path: Pat
     assert "shadowed" in quality["notes"]
     assert "arm candidate" in seen["table"]
     assert (tmp_path / "report.png").stat().st_size > 50_000
+
+
+def test_report_of_a_folder_without_a_run_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = riffle("report", "configs/local.yaml", "--dir", str(tmp_path), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"riffle: error: {tmp_path}: no metrics.jsonl or summary.json (has the pipeline run?)"]
+    assert not (tmp_path / "report.html").exists()

@@ -195,3 +195,24 @@ def test_series_writer_appends_at_the_interval_and_skips_a_status_mid_restart(tm
     series = read_series(path)
     assert [r["events"] for r in series] == [1, 3, 3]
     assert series[1]["dead_letters"]["model error"] == 4
+
+
+def test_report_markers_are_the_lifecycle_events_and_restarts(tmp_path) -> None:
+    from pipelines.monitoring.report import markers_of
+    from pipelines.registry import Registry
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    with Registry(url) as reg:
+        for v in ("p/a", "q/b"):
+            reg.register(pipeline=v.split("/")[0], kind="sklearn", version_id=v,
+                         model_class="x", params={}, artifact_uri="/nowhere",
+                         artifact_sha256="0" * 64, actor="t")
+            reg.record(v, "shadowed", actor="t")
+        reg.record("p/a", "promoted", actor="t")
+    log = tmp_path / "supervision.jsonl"
+    log.write_bytes(b'{"at": 1.0, "kind": "restart", "actor": "scorer-1", "reason": "x"}\n'
+                    b'{"at": 2.0, "kind": "checkpoint", "actor": "supervisor"}\n')
+    marks = markers_of(url, "p", log)
+    assert [(m["kind"], m["label"]) for m in marks] == [
+        ("restart", "restart scorer-1"), ("shadowed", "shadowed p/a"),
+        ("promoted", "promoted p/a")]  # created: not marked; q's: another pipeline's
