@@ -30,9 +30,10 @@ lint: setup
 unit: setup
 	$(PY) -m pytest tests/unit pipelines actors
 
-# System tools the tests use, from Debian's packages: kcat (a third-party Kafka client) and
-# PostgreSQL (the registry tests' server, run by scripts/postgres.sh); kustomize from its
-# Go module when neither it nor kubectl is there.
+# System tools the tests use, from Debian's packages: kcat (a third-party Kafka client),
+# PostgreSQL (the registry tests' server, run by scripts/postgres.sh) and Chromium (the
+# report's test loads the page in a real headless browser); kustomize from its Go module
+# when neither it nor kubectl is there.
 # (Java 17 and Maven, for the Kafka broker of scripts/kafka.sh, are on every machine here.)
 test-deps:
 	@command -v kcat >/dev/null || { \
@@ -45,6 +46,9 @@ test-deps:
 	@command -v kustomize >/dev/null || command -v kubectl >/dev/null || { \
 	  test -x $(HOME)/.cache/riffle/bin/kustomize || \
 	  GOBIN=$(HOME)/.cache/riffle/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
 	  { echo "make test: the Kafka broker needs java (17+) and mvn on PATH" >&2; exit 1; }
 

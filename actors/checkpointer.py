@@ -31,8 +31,8 @@ from pipelines.checkpoint import CheckpointStore, Manifest, checkpoint_id
 from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, cause_line
 from pipelines.lifecycle import deployment_to_json
+from pipelines.metrics import merge_parts
 from pipelines.protocol import Barrier, CheckpointStats, IngestPart, ScorerPart
-from pipelines.scoring import merge_metrics
 from pipelines.supervision import SupervisionLog
 
 HISTORY = 100
@@ -212,7 +212,7 @@ class Checkpointer:
                 self._store.url, manifest, **river_model_fields(self._config.scoring.model),
                 n_learned=sum(p.learned for p in scorers),
                 parent_id=river_version_id(manifest.pipeline, parent.id) if parent else None,
-                metrics=merge_metrics([p._asdict() for p in scorers]),
+                metrics=merge_parts([(p.n_metric, p.metrics) for p in scorers]),
                 start_positions=self.baseline or None)
         except Exception as e:
             self._log.record("registry_error", "supervisor", cause_line(e), checkpoint=manifest.id)

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError, last_line, named_line
+from pipelines.monitoring.series import SERIES, SeriesWriter
 from pipelines.sources import check_source
 from pipelines.status import read_status, write_status
 
@@ -126,6 +127,8 @@ def run_pipeline(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     supervisor = Supervisor.options(scheduling_strategy=here).remote(config, str(out), store,
                                                                     task=task)
+    every = config.runtime.series_interval_s
+    series = SeriesWriter(out / SERIES, every, append=resume) if every is not None else None
     try:
         # What the operator must know before the run goes on (one line each): a damaged
         # checkpoint passed over on --resume.
@@ -149,6 +152,8 @@ def run_pipeline(
             if endpoint is not None and metrics is not None:
                 endpoint.update(ray.get(metrics))
             write_status(out, {**status, **where})
+            if series is not None:
+                series.offer(status)
             if on_progress is not None:
                 _observe(on_progress, status)
         summary: dict[str, Any] = _get(done)
@@ -157,8 +162,12 @@ def run_pipeline(
             if endpoint is not None:
                 endpoint.update(final)
         summary.update(where)
+        if series is not None:
+            series.offer(summary, force=True)
     finally:
         ray.kill(supervisor, no_restart=True)
+        if series is not None:
+            series.close()
         if endpoint is not None and sys.exc_info()[0] is not None:
             endpoint.close()
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

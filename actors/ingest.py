@@ -35,6 +35,7 @@ from pipelines.faults import Drills
 from pipelines.ingest import Batcher, IngestCore, PositionTracker
 from pipelines.models import Task
 from pipelines.monitoring.instruments import IngestMeters
+from pipelines.monitoring.resources import process_figures
 from pipelines.monitoring.telemetry import Telemetry
 from pipelines.monitoring.tracing import IngestSpans
 from pipelines.protocol import Barrier, Batch, IngestPart, SinkBatch, encode_batch
@@ -205,7 +206,7 @@ class IngestActor:
                 "in_flight_peak": self._in_flight_peak,
                 "buffered": len(self._batcher),
                 "positions": self._reader.positions(),
-                "checkpoint_pause_s": self._checkpoint_pause_s}
+                "checkpoint_pause_s": self._checkpoint_pause_s, "process": process_figures()}
 
     def run(self) -> dict[str, Any]:
         """Read until the source is exhausted or stop() is called; drain; return stats."""

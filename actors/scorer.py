@@ -21,6 +21,7 @@ from pipelines.audit.trail import AuditStore, SegmentWriter
 from pipelines.checkpoint import CheckpointStore, Manifest, dumps_state, loads_state
 from pipelines.config import ScoringConfig, TelemetryConfig
 from pipelines.faults import Drills
+from pipelines.monitoring.resources import process_figures
 from pipelines.monitoring.scorer import ScorerTelemetry
 from pipelines.protocol import Applied, Barrier, Deployment, ScorerPart, SinkBatch, decode_batch
 from pipelines.scoring import ScorerCore, live_model_of
@@ -151,7 +152,7 @@ class ScorerActor:
             self._writer.committed(seq)
 
     def stats(self) -> dict[str, Any]:
-        return self._core.stats()
+        return {**self._core.stats(), "process": process_figures()}
 
 
 def _load_models(artifacts: dict[str, bytes]) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class SinkActor:
     def stats(self) -> dict[str, Any]:
         return self._sink.stats()
 
+    def recent_latency(self) -> dict[str, Any]:
+        """End-to-end latency quantiles since the last call (the report's time series)."""
+        return self._sink.latency.take_recent()
+
     def reopen(self) -> None:
         """The output files were rewritten beside this sink (``riffle forget``)."""
         self._sink.reopen()

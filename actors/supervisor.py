@@ -42,6 +42,8 @@ from pipelines.errors import ActorFailed, PipelineError, RunFailed, cause_line
 from pipelines.kafka import ensure_topics, group_positions, rewind_group
 from pipelines.models import Task, build_model, task_of
 from pipelines.monitoring.instruments import SupervisorMeters
+from pipelines.monitoring.quality import References, merge_quality
+from pipelines.monitoring.resources import resources_of
 from pipelines.monitoring.telemetry import Telemetry
 from pipelines.summary import build_summary
 from pipelines.supervision import Escalate, RestartPolicy, SupervisionLog
@@ -88,6 +90,10 @@ class Supervisor:
                                         actor="supervisor", role="supervisor")
             self._meters = SupervisorMeters(self._telemetry)
 
+        self._references = References(None, config.name)
+        """The registered metrics the arms' serving quality is held against."""
+        self._latency_ask: asyncio.Future[Any] | None = None
+
     # -- the topology ------------------------------------------------------------------
     async def start(self, resume: bool = False) -> list[str]:
         """Create sink, scorers and ingest actors (from the last intact checkpoint if
@@ -108,6 +114,8 @@ class Supervisor:
 
             registry = await loop.run_in_executor(None, Registry,
                                                   cfg.registry_url(self._out_dir))
+        if registry is not None:
+            self._references = References(_registered_metrics(registry), cfg.name)
         notices = []
         if resume:
             assert store is not None
@@ -401,17 +409,38 @@ class Supervisor:
         self._control.stop()
         sink_stats = await self._actors.sink.close.remote()
         scorer_stats = await asyncio.gather(*(s.stats.remote() for s in self._actors.scorers))
-        return self._summary(ingest_stats, list(scorer_stats), sink_stats)
+        return await self._summary(ingest_stats, list(scorer_stats), sink_stats)
 
-    def _summary(self, ingest: list[dict[str, Any]], scorers: list[dict[str, Any]],
-                 sink: dict[str, Any]) -> dict[str, Any]:
+    async def _summary(self, ingest: list[dict[str, Any]], scorers: list[dict[str, Any]],
+                       sink: dict[str, Any]) -> dict[str, Any]:
         summary = build_summary(
             name=self._config.name, ingest=ingest, scorers=scorers, sink=sink,
             wall_s=time.time() - self._started,
             metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
         summary["supervision"] = self._supervision_summary()
         summary["deployment"] = self._control.summary(scorers)
+        parts = [s.get("quality") for s in scorers]
+        refs = await asyncio.get_running_loop().run_in_executor(
+            None, self._references.resolve, parts)
+        summary["quality"] = merge_quality(parts, refs, pipeline=self._config.name)
+        summary["resources"] = resources_of(ingest, scorers)
         return summary
+
+    async def _recent_latency(self) -> dict[str, Any]:
+        """The sink's end-to-end latency since the last status (one question at a time:
+        a sink that waits for its broker is not asked again meanwhile)."""
+        if self._latency_ask is None:
+            self._latency_ask = asyncio.ensure_future(
+                self._actors.sink.recent_latency.remote())
+        ask = self._latency_ask
+        done, _ = await asyncio.wait({ask}, timeout=1.0)
+        if not done:
+            return {}
+        self._latency_ask = None
+        try:
+            return dict(ask.result())
+        except ray.exceptions.RayError:
+            return {}
 
     def _supervision_summary(self) -> dict[str, Any]:
         ckpts = self._checkpoints
@@ -435,10 +464,12 @@ class Supervisor:
         except ray.exceptions.RayError:  # mid-restart: the log says why
             return {"pipeline": self._config.name, "restarting": True,
                     "supervision": self._supervision_summary()}
-        return self._summary(
+        summary = await self._summary(
             list(ingest), list(scorers),
             {"predictions_written": sum(i["acked"]["predictions"] for i in ingest),
              "dead_letters_written": sum(i["acked"]["dead_letters"] for i in ingest)})
+        summary["latency_recent_ms"] = await self._recent_latency()
+        return summary
 
     async def metrics(self, flush: bool = False) -> dict[str, list[Any]]:
         """Every actor's metrics snapshot and this one's, by actor name (the driver serves
@@ -467,3 +498,15 @@ class Supervisor:
         self._stopped = True
         await asyncio.gather(*(a.stop.remote() for a in self._actors.ingest),
                              return_exceptions=True)
+
+
+def _registered_metrics(registry: Any) -> Any:
+    """A version id to the metrics it was registered with (None: no such version)."""
+    from pipelines.errors import RegistryError
+
+    def lookup(version: str) -> dict[str, Any] | None:
+        try:
+            return dict(registry.get(version).metrics)
+        except RegistryError:
+            return None
+    return lookup

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "DriftConfig",
     "ExplainConfig",
     "FileSourceConfig",
+    "GroupSpec",
     "IngestConfig",
     "KafkaConfig",
     "KafkaSourceConfig",
@@ -42,6 +44,7 @@ __all__ = [
     "PipelineConfig",
     "PlacementConfig",
     "PromotionConfig",
+    "QualityConfig",
     "RegistryConfig",
     "RestartPolicyConfig",
     "RetainConfig",
@@ -262,6 +265,38 @@ class ExplainConfig(_Frozen):
     (feature, value, contribution); None: none (they cost the scoring loop a little)."""
 
 
+class GroupSpec(_Frozen):
+    """A group column for fairness figures: a feature's value, or its band by bin edges."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    feature: str
+    edges: list[float] | None = None
+    """Inner bin edges, increasing: ``[40, 60]`` bands a value as ``<40``, ``40-60`` or
+    ``>=60``. None: the feature's value itself is the group (keep it low-cardinality)."""
+
+    @model_validator(mode="after")
+    def _edges_increase(self) -> GroupSpec:
+        edges = self.edges
+        if edges is not None and (not edges or any(b <= a for a, b in pairwise(edges))):
+            raise ValueError(f"edges ({edges}) must be a non-empty increasing list")
+        return self
+
+
+class QualityConfig(_Frozen):
+    """Serving quality per model version and arm, on labels as they arrive
+    (``pipelines.monitoring.quality``)."""
+
+    enabled: bool = True
+    window_events: Annotated[int, Field(ge=1)] = 1000
+    """The sliding window by count: the last this many labels of each arm (per scorer)."""
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    """The sliding window by time: labels that arrived within this many seconds."""
+    positive_label: str | int | bool = True
+    """What a positive prediction is, for the fairness figures' positive rate (binary)."""
+    groups: list[GroupSpec] = []
+    """Group columns for fairness: per group positive rate and accuracy, and the gap."""
+
+
 class ScoringConfig(_Frozen):
     n_actors: Annotated[int, Field(ge=1, le=256)] = 1
     model: ModelSpec = ModelSpec()
@@ -273,6 +308,7 @@ class ScoringConfig(_Frozen):
     """Labeled events per window of the windowed accuracy (or MAE) in the summary."""
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
     explain: ExplainConfig = ExplainConfig()
+    quality: QualityConfig = QualityConfig()
 
 
 class OutputConfig(_Frozen):
@@ -501,6 +537,10 @@ class RuntimeConfig(_Frozen):
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
     placement: PlacementConfig = PlacementConfig()
     """Where the actors run on a cluster (spread, or by custom resources)."""
+
+    series_interval_s: Annotated[float, Field(gt=0)] | None = 1.0
+    """How often ``metrics.jsonl`` in the output folder gets a line of the current figures
+    (what ``riffle report`` draws over time); None: never."""
     fault_drills: list[str] = []
     """Crash an actor at a named point to rehearse recovery (``pipelines.faults``), e.g.
     ``scorer-0@checkpoint#2``. Empty in production."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines.models import Task
 
-__all__ = ["Progressive", "merge_metrics"]
+__all__ = ["Progressive", "merge_metrics", "merge_parts"]
 
 _EPS = 1e-15
 
@@ -75,6 +75,24 @@ class Progressive:
     def state(self) -> dict[str, Any]:
         """Plain data (what scorers report): the task and the sums."""
         return {"task": self.task, "n": self.n, "a": self.sum_a, "b": self.sum_b}
+
+
+def merge_parts(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Pipeline-wide metrics from each scorer's (labels, :meth:`Progressive.get`): means
+    weighted by labels (exact for accuracy, log loss and MAE; RMSE through its square).
+
+    >>> merge_parts([(1, {"accuracy": 1.0, "log_loss": 0.1}), (3, {"accuracy": 0.0,
+    ...                                                           "log_loss": 0.5}), (0, {})])
+    {'accuracy': 0.25, 'log_loss': 0.4}
+    """
+    total = sum(n for n, _ in parts)
+    if not total:
+        return {}
+    out: dict[str, float] = {}
+    for n, metrics in parts:
+        for k, v in metrics.items():
+            out[k] = out.get(k, 0.0) + n * (v * v if k == "rmse" else v)
+    return {k: math.sqrt(v / total) if k == "rmse" else v / total for k, v in out.items()}
 
 
 def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, float]:

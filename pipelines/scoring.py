@@ -29,6 +29,7 @@ from pipelines.labels import LabelBuffer
 from pipelines.metrics import Progressive
 from pipelines.metrics import merge_metrics as _merge
 from pipelines.models import Task, build_model, task_of
+from pipelines.monitoring.quality import QualityTracker
 from pipelines.protocol import ArmSpec, Batch, DeadLetter, Deployment, Event, Feedback, SinkBatch
 
 __all__ = ["ScorerCore", "live_model_of", "merge_metrics", "task_of_model"]
@@ -76,6 +77,12 @@ class ScorerCore:
         self._window_now: list[float] = [self._window, 0.0]  # full: the first label opens one
         self._metrics = Progressive(self.task)
         """Of the served predictions (whichever arm served each)."""
+        self.quality = QualityTracker(config.quality, self.task) if config.quality.enabled \
+            else None
+        """Serving quality per arm on the labels as they arrive (not checkpointed: its
+        windows start afresh after a restore)."""
+        self._labeled: list[tuple[_Scored, Any, float]] = []
+        """This batch's labeled records, for the quality tracker (one call per batch)."""
         self._top_k = config.explain.top_k
         self._reasons: dict[Arm, Reasons | None] = {}
         self._explained: ScoredWithReasons | None = None
@@ -111,8 +118,14 @@ class ScorerCore:
         """Score the events and learn from the feedback of ``batch``, in order."""
         self.labels.expire()  # what timed out before this batch arrived cannot be learned
         if self._router is None and not self._shadows and not self._batched:
-            return self._process_live(batch)
-        return self._process_arms(batch)
+            out = self._process_live(batch)
+        else:
+            out = self._process_arms(batch)
+        if self._labeled:
+            if self.quality is not None:
+                self.quality.observe(self._labeled)
+            self._labeled = []
+        return out
 
     def _process_live(self, batch: Batch) -> SinkBatch:
         """The hot path: one live model serves every event (no other arm to consult)."""
@@ -128,6 +141,7 @@ class ScorerCore:
         name, checkpoint, dumps, clock = self.name, self.checkpoint, orjson.dumps, time.time
         timer, new = time.perf_counter, tuple.__new__
         observe, learners = self._observe, self._learners
+        labeled = self._labeled.append if self.quality is not None else None
         learn_one = model.learn_one
         counts, role = self.counts, live.role
         reasons = self._reasons.get(live)
@@ -186,6 +200,8 @@ class ScorerCore:
                 y_pred = held.y_pred
                 if y_pred is not None and y_pred != {}:
                     observe(label, y_pred, held.prediction)
+                    if labeled is not None:
+                        labeled((held, label, item.read_at))
                 event = held.event
                 features = event.features
                 for arm in learners:  # the warm previous version learns too
@@ -341,6 +357,8 @@ class ScorerCore:
         # As River's progressive validation: no metric update for an empty prediction.
         if y_pred is not None and y_pred != {}:
             self._observe(label, y_pred, prediction)
+            if self.quality is not None:
+                self._labeled.append((held, label, item.read_at))
         # Per-arm quality only matters beside another arm (one arm's is the pipeline's).
         if self._compare:
             gain = held.arm.observe(label, y_pred, prediction)
@@ -447,6 +465,8 @@ class ScorerCore:
             setattr(self, name, state[name])
         self.counts.setdefault("examples", 0)  # a checkpoint from before the training log
         self._window_now = self._windows[-1] if self._windows else [self._window, 0.0]
+        if self.quality is not None:  # its arms are the restored ones from now on
+            self.quality = self.quality.fresh()
         self._configure()
 
     def _arm_stats(self) -> list[dict[str, Any]]:
@@ -466,6 +486,7 @@ class ScorerCore:
             "deployment": self.deployment.mode,
             "arms": self._arm_stats(),
             "previous": self.previous.version if self.previous is not None else None,
+            "quality": self.quality.stats(self.checkpoint) if self.quality is not None else {},
         }
 
 

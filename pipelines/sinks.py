@@ -52,8 +52,10 @@ class LatencySketch:
     (2, 4)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, recent: bool = False) -> None:
+        """``recent``: keep a second sketch of the values since :meth:`take_recent`."""
         self._sketch = DDSketch(relative_accuracy=0.01)
+        self._recent: DDSketch | None = DDSketch(relative_accuracy=0.01) if recent else None
 
     def add_many(self, values_ms: list[float]) -> None:
         """Add a batch's latencies. Values within 0.1% of each other are added once, with
@@ -61,25 +63,43 @@ class LatencySketch:
         batch's latencies fall into a few dozen such groups)."""
         if not values_ms:
             return
+        sketches = (self._sketch,) if self._recent is None else (self._sketch, self._recent)
         if len(values_ms) < 16:
-            for v in values_ms:
-                self._sketch.add(max(v, 0.0))
+            for sketch in sketches:
+                for v in values_ms:
+                    sketch.add(max(v, 0.0))
             return
         values = np.asarray(values_ms, dtype=np.float64)
         positive = values[values > 0.0]
         n_zero = len(values) - len(positive)
-        if n_zero:
-            self._sketch.add(0.0, float(n_zero))
-        if not len(positive):
-            return
-        _, first, counts = np.unique(np.floor(np.log(positive) * _GROUPS_PER_E),
-                                          return_index=True, return_counts=True)
-        add = self._sketch.add
-        for value, count in zip(positive[first].tolist(), counts.tolist(), strict=True):
-            add(value, float(count))
+        groups: list[tuple[float, float]] = [(0.0, float(n_zero))] if n_zero else []
+        if len(positive):
+            _, first, counts = np.unique(np.floor(np.log(positive) * _GROUPS_PER_E),
+                                         return_index=True, return_counts=True)
+            groups += zip(positive[first].tolist(), counts.tolist(), strict=True)
+        for sketch in sketches:
+            add = sketch.add
+            for value, count in groups:
+                add(value, float(count))
 
     def quantile(self, q: float) -> float | None:
         return self._sketch.get_quantile_value(q) if self._sketch.count else None
+
+    def take_recent(self) -> dict[str, float | None]:
+        """Quantiles of the values added since the last call (then forgets them)."""
+        recent = self._recent
+        if recent is None:
+            return {}
+        self._recent = DDSketch(relative_accuracy=0.01)
+        if not recent.count:
+            return {"n": 0}
+        return {"n": int(recent.count), "p50": recent.get_quantile_value(0.5),
+                "p99": recent.get_quantile_value(0.99), "max": recent.get_quantile_value(1.0)}
+
+    def merge(self, other: LatencySketch) -> None:
+        """Add ``other``'s values (another actor's sketch: quantiles stay within 1%)."""
+        if other._sketch.count:
+            self._sketch.merge(other._sketch)
 
     @property
     def count(self) -> int:
@@ -133,7 +153,7 @@ class FileSink:
         self._shadow_path, self._shadow_mode = out_dir / "shadow.jsonl", mode
         self._shadow: IO[bytes] | None = None
         """Opened at the first shadow output (most runs have none)."""
-        self.latency = LatencySketch()
+        self.latency = LatencySketch(recent=True)
         self.counts = {"predictions_written": 0, "dead_letters_written": 0,
                        "shadow_written": 0}
 
@@ -196,7 +216,7 @@ class KafkaSink:
         # a flush lasting longer than that is stuck.
         self._flush_timeout_s = kafka.delivery_timeout_ms / 1000 + FLUSH_MARGIN_S
         self._partitions: dict[str, int] = {}
-        self.latency = LatencySketch()
+        self.latency = LatencySketch(recent=True)
         self.counts = {"predictions_written": 0, "dead_letters_written": 0,
                        "shadow_written": 0}
 

@@ -9,6 +9,8 @@
   :mod:`~pipelines.cli.forget`: ``forget`` (erase a data subject, unlearn it exactly);
   :mod:`~pipelines.cli.reproduce`: ``audit reproduce`` (a version rebuilt, proved equal);
   :mod:`~pipelines.cli.serve`: ``serve`` (the scoring service on Ray Serve);
+
+  :mod:`~pipelines.cli.report`: ``report`` (a run's figures over time, one HTML page);
 - :mod:`~pipelines.cli.output`: how mistakes become one line (exit code 2) and a failed
   run exit code 1.
 
@@ -29,6 +31,7 @@ from pipelines.cli.forget import forget
 from pipelines.cli.lineage import key, model, record
 from pipelines.cli.models import models
 from pipelines.cli.output import EXIT_INTERRUPTED, EXIT_USAGE
+from pipelines.cli.report import report
 from pipelines.cli.reproduce import reproduce
 from pipelines.cli.run import run, validate
 from pipelines.cli.serve import serve
@@ -44,7 +47,7 @@ def cli() -> None:
     """riffle: online machine learning in fast data pipelines."""
 
 
-for command in (validate, run, sample, produce, tail, status, models, train, audit):
+for command in (validate, run, sample, produce, tail, status, report, models, train, audit):
     cli.add_command(command)
 cli.add_command(explain)
 cli.add_command(forget)

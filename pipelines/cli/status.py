@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,6 +55,7 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
             table.add_row(f"arm {name}", f"{arm['version']} {arm['role']} "
                           f"w={arm['weight']:.2f} scored={arm['scored']:,} {quality}"
                           + (f" {latency:.0f} us" if latency is not None else ""))
+    _quality_rows(table, st.get("quality") or {})
     print_table(table)
     log_path = folder / "supervision.jsonl"
     if n_log and log_path.exists():
@@ -64,3 +66,25 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
             extra = f" [{entry['checkpoint']}]" if entry.get("checkpoint") else ""
             click.echo(f"{at} {entry['kind']:<20} {entry['actor']:<10} "
                        f"{entry['reason']}{extra}")
+
+
+def _quality_rows(table: Any, quality: dict[str, Any]) -> None:
+    """Serving quality per arm against its registration, label delay, fairness."""
+    for a in quality.get("arms", []):
+        window = a["window"]
+        figures = " ".join(f"{k}={v:.4f}" for k, v in window.items() if k != "n")
+        gap = " ".join(f"{k}={v:+.4f}" for k, v in (a.get("gap") or {}).items()) or "-"
+        ratio = a.get("label_ratio")
+        table.add_row(f"quality {a['arm']} {a['version']}",
+                      f"{figures or '-'} (last {window['n']:,} labels); gap to "
+                      f"{a.get('reference')}: {gap}; labels arrived "
+                      + (f"{ratio:.1%}" if ratio is not None else "-"))
+    delay = quality.get("label_delay_s") or {}
+    if delay.get("p50") is not None:
+        table.add_row("label delay p50 / p99", f"{delay['p50']:.3f} s / {delay['p99']:.3f} s")
+    for column, fig in (quality.get("fairness") or {}).items():
+        groups = "; ".join(f"{g}: positive {v['positive_rate']:.3f} accuracy "
+                           f"{v['accuracy']:.3f}" for g, v in fig["groups"].items())
+        table.add_row(f"fairness {column}", f"{groups} (gap: positive rate "
+                      f"{fig['gap']['positive_rate']:.3f}, accuracy "
+                      f"{fig['gap']['accuracy']:.3f})")

@@ -31,5 +31,5 @@ def test_placement_default_asks_nothing_of_ray() -> None:
 @pytest.mark.parametrize("bad", [{"strategy": "pack"}, {"scoring": {"riffle-scorer": 0}},
                                  {"scoring": {"riffle-scorer": -1}}, {"supervisor": {"x": 1}}])
 def test_placement_bad_value_is_refused_naming_the_field(bad: dict[str, object]) -> None:
-    with pytest.raises(ValidationError, match="runtime.placement"):
+    with pytest.raises(ValidationError, match=r"runtime\.placement"):
         config(bad)
