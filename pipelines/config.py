@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # format_validation_error is re-exported: config errors were formatted here first.
 from pipelines.errors import ConfigError, format_validation_error
+from pipelines.monitoring.config import DriftDetectionConfig, RetrainingConfig
 
 __all__ = [
     "AuditConfig",
@@ -269,6 +270,8 @@ class ScoringConfig(_Frozen):
     """Labeled events per window of the windowed accuracy (or MAE) in the summary."""
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
     explain: ExplainConfig = ExplainConfig()
+    drift: DriftDetectionConfig = DriftDetectionConfig()
+    """Drift detectors on each arm's errors and features (``pipelines.monitoring.drift``)."""
 
 
 class OutputConfig(_Frozen):
@@ -492,6 +495,8 @@ class PipelineConfig(_Frozen):
     launch: LaunchConfig = LaunchConfig()
     control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
+    """The retraining policy (``pipelines.monitoring.retraining``)."""
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:
