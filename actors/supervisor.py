@@ -399,6 +399,7 @@ class Supervisor:
             metrics_window=self._config.scoring.metrics_window, stopped=self._stopped)
         summary["supervision"] = self._supervision_summary()
         summary["deployment"] = self._control.summary(scorers)
+        summary["drift"] = self._control.retrainer.summary()
         return summary
 
     def _supervision_summary(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The configs of drift detection (``scoring.drift``) and of the retraining policy
 (``retraining``): frozen, strict pydantic models, as in :mod:`pipelines.config`.
 
->>> DriftDetectionConfig().detector, DriftDetectionConfig().params
+>>> DriftDetectionConfig().detector, DriftDetectionConfig().detector_params
 ('adwin', {'delta': 1e-05})
 >>> RetrainingConfig(enabled=True).triggers.drift
 True
@@ -29,8 +29,9 @@ _DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "adwin": {"delta": 1e-5},
     "page_hinkley": {"threshold": 50.0, "delta": 0.005},
     "kswin": {"alpha": 1e-5, "window_size": 1000, "stat_size": 300, "seed": 0},
-    "ddm": {},
-    "eddm": {},
+    # River's warm start of 30 labels alarms on the first noise: 1,000 here.
+    "ddm": {"warm_start": 1000},
+    "eddm": {"warm_start": 1000},
     "window": {"size": 1000, "threshold": 0.1},
 }
 
@@ -66,7 +67,8 @@ class DriftDetectionConfig(_Frozen):
     params: dict[str, Any] = {}
     """The detector's constructor arguments (River's names); default per detector:
     ADWIN ``delta=1e-5``; PageHinkley ``threshold=50, delta=0.005``; KSWIN
-    ``alpha=1e-5``; the window baseline ``size=1000, threshold=0.1``."""
+    ``alpha=1e-5``; DDM and EDDM ``warm_start=1000``; the window baseline
+    ``size=1000, threshold=0.1``."""
     grace_labels: Annotated[int, Field(ge=0)] = 1_000
     """Labels of a new version before its detector starts (it is still learning)."""
     features: FeatureDriftConfig = FeatureDriftConfig()
@@ -83,16 +85,15 @@ class RetrainTriggers(_Frozen):
 
     drift: bool = True
     """A concept-drift alarm on the live version."""
-    min_quality: Annotated[float, Field(ge=0)] | None = None
-    """The live version's windowed accuracy below this (MAE above it, for a regressor)."""
+    min_quality: float | None = None
+    """The live version's recent accuracy (minus its MAE, for a regressor) below this;
+    recent: an exponential average over about 500 labels, over the scorers."""
     below_registration: Annotated[float, Field(ge=0)] | None = None
-    """The windowed accuracy this much below the version's accuracy at registration."""
+    """The recent accuracy this much below the version's accuracy at registration."""
     every_s: Annotated[float, Field(gt=0)] | None = None
     """A schedule: every this many seconds."""
     new_labels: Annotated[int, Field(ge=1)] | None = None
     """A volume: once this many labels have arrived since the last retrain (or start)."""
-    quality_window: Annotated[int, Field(ge=100)] = 5_000
-    """Labels the quality triggers look at (the newest ones)."""
 
 
 class RetrainWindow(_Frozen):
