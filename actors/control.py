@@ -28,6 +28,7 @@ from typing import Any
 
 import ray
 
+from actors.retrainer import Retrainer
 from pipelines.audit.forget_request import forget_id
 from pipelines.checkpoint import Manifest
 from pipelines.config import PipelineConfig
@@ -82,6 +83,9 @@ class ControlPath:
         self._task: asyncio.Task[None] | None = None
         self.on_forget: Callable[[str], Awaitable[None]] | None = None
         """Applies a forget request (its id), called with :attr:`lock` held."""
+        self.retrainer = Retrainer(config, out_dir=out_dir, log=log, registry=registry,
+                                   scorers=scorers, control=self)
+        """Drift alarms and the retraining policy (polled on this loop)."""
 
     @property
     def deployment(self) -> Deployment:
@@ -134,6 +138,7 @@ class ControlPath:
                 await self.command(raw, channel_name(self._config, position,
                                                      out_dir=self._out_dir))
             await self._evaluate_candidate()
+            await self.retrainer.poll()
             await asyncio.sleep(interval)
 
     async def _forget(self, request: str) -> None:

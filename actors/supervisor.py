@@ -424,6 +424,8 @@ class Supervisor:
             None, self._references.resolve, parts)
         summary["quality"] = merge_quality(parts, refs, pipeline=self._config.name)
         summary["resources"] = resources_of(ingest, scorers)
+
+        summary["drift"] = self._control.retrainer.summary()
         return summary
 
     async def _recent_latency(self) -> dict[str, Any]:

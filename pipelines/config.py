@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # format_validation_error is re-exported: config errors were formatted here first.
 from pipelines.errors import ConfigError, format_validation_error
+from pipelines.monitoring.config import DriftDetectionConfig, RetrainingConfig
 
 __all__ = [
     "AuditConfig",
@@ -309,6 +310,9 @@ class ScoringConfig(_Frozen):
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
     explain: ExplainConfig = ExplainConfig()
     quality: QualityConfig = QualityConfig()
+
+    drift: DriftDetectionConfig = DriftDetectionConfig()
+    """Drift detectors on each arm's errors and features (``pipelines.monitoring.drift``)."""
 
 
 class OutputConfig(_Frozen):
@@ -648,6 +652,9 @@ class PipelineConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    retraining: RetrainingConfig = RetrainingConfig()
+    """The retraining policy (``pipelines.monitoring.retraining``)."""
 
     @model_validator(mode="after")
     def _topology_fits(self) -> PipelineConfig:

@@ -255,7 +255,8 @@ class Lifecycle:
     def _load(self, version: str) -> dict[str, bytes]:
         v = self.registry.get(version)
         blob = self.registry.load_artifact(version)  # hash-verified
-        if v.kind != "river":
+        # A River model a retrain job trained is a pickled model, as a batch model is.
+        if v.kind != "river" or v.artifact_uri.endswith(".pkl"):
             from pipelines.checkpoint import loads_state
             from pipelines.scoring import task_of_model
 

@@ -29,6 +29,7 @@ from pipelines.labels import LabelBuffer
 from pipelines.metrics import Progressive
 from pipelines.metrics import merge_metrics as _merge
 from pipelines.models import Task, build_model, task_of
+from pipelines.monitoring.drift import DriftWatch
 from pipelines.monitoring.quality import QualityTracker
 from pipelines.protocol import ArmSpec, Batch, DeadLetter, Deployment, Event, Feedback, SinkBatch
 
@@ -87,6 +88,11 @@ class ScorerCore:
         self._reasons: dict[Arm, Reasons | None] = {}
         self._explained: ScoredWithReasons | None = None
         """The live arm's score and reasons in one pass, where its model has that."""
+
+        self.drift = DriftWatch(config.drift, task=self.task, scorer=name)
+        """Drift detectors: each arm's error stream, the live version's features."""
+        self._gains: dict[Arm, list[float]] = {}
+        """The gains each arm got in this batch (fed to :attr:`drift` after it)."""
         self.counts = {"scored": 0, "learned": 0, "feedback": 0, "model_errors": 0,
                        "examples": 0}
         """``examples``: labeled examples learned by any arm (the training log's ``seq``)."""
@@ -125,7 +131,17 @@ class ScorerCore:
             if self.quality is not None:
                 self.quality.observe(self._labeled)
             self._labeled = []
+        self._watch_drift(batch)
         return out
+
+    def _watch_drift(self, batch: Batch) -> None:
+        """Once per batch: the arms' gains and a sample of the features to the detectors."""
+        drift = self.drift
+        for arm, gains in self._gains.items():
+            drift.absorb(arm.version, arm.name, gains)
+        self._gains = {}
+        drift.sample(self.arms[0].version,
+                     (item.features for item in batch.items if type(item) is Event))
 
     def _process_live(self, batch: Batch) -> SinkBatch:
         """The hot path: one live model serves every event (no other arm to consult)."""
@@ -152,6 +168,8 @@ class ScorerCore:
         training = audit.training.append if audit is not None else None
         n_scored = n_feedback = n_learned = 0
         spent_total = spent_max = 0.0
+        gains = self._gains.setdefault(live, [])
+        gained = gains.append
         for item in batch.items:
             if type(item) is Event:
                 started = timer()
@@ -199,7 +217,7 @@ class ScorerCore:
                 # _learn(), inlined for the one-arm case: metrics, window, then learning.
                 y_pred = held.y_pred
                 if y_pred is not None and y_pred != {}:
-                    observe(label, y_pred, held.prediction)
+                    gained(observe(label, y_pred, held.prediction))
                     if labeled is not None:
                         labeled((held, label, item.read_at))
                 event = held.event
@@ -355,18 +373,25 @@ class ScorerCore:
                dead: list[DeadLetter]) -> None:
         y_pred, prediction = held.y_pred, held.prediction
         # As River's progressive validation: no metric update for an empty prediction.
+        served = None
         if y_pred is not None and y_pred != {}:
-            self._observe(label, y_pred, prediction)
+            served = self._observe(label, y_pred, prediction)
             if self.quality is not None:
                 self._labeled.append((held, label, item.read_at))
         # Per-arm quality only matters beside another arm (one arm's is the pipeline's).
         if self._compare:
             gain = held.arm.observe(label, y_pred, prediction)
+            if gain is not None:
+                self._gains.setdefault(held.arm, []).append(gain)
             if held.shadows:
                 for arm, s_pred, s_prediction in held.shadows:
                     s_gain = arm.observe(label, s_pred, s_prediction)
+                    if s_gain is not None:
+                        self._gains.setdefault(arm, []).append(s_gain)
                     if gain is not None and s_gain is not None:
                         arm.compare(s_gain, gain)
+        elif served is not None:
+            self._gains.setdefault(held.arm, []).append(served)
         event = held.event
         features = event.features
         for arm in self._learners:  # candidates and the warm previous version learn too
@@ -393,8 +418,9 @@ class ScorerCore:
                 (event, label, arm.version, arm.name, seq, time.time()))
             self.counts["examples"] = seq + 1
 
-    def _observe(self, label: Any, y_pred: Any, prediction: Any) -> None:
-        """A served prediction's label: the pipeline's metrics and its window by count."""
+    def _observe(self, label: Any, y_pred: Any, prediction: Any) -> float:
+        """A served prediction's label: the pipeline's metrics and its window by count;
+        returns its gain."""
         hit = self._metrics.update(label, y_pred, prediction)
         win = self._window_now
         if win[0] == self._window:
@@ -402,6 +428,7 @@ class ScorerCore:
             self._windows.append(win)
         win[0] += 1
         win[1] += -hit if self.task == "regression" else hit
+        return hit
 
     def _learn_error(self, item: Event | Feedback, label: Any, error: Exception,
                      dead: list[DeadLetter]) -> None:
@@ -442,6 +469,7 @@ class ScorerCore:
         for arm in arms:
             arm.reset_comparison()
         self.arms, self.previous, self.deployment = arms, previous, deployment
+        self.drift.forget({a.version for a in arms})
         self._configure()
         return {"name": self.name, "scored": self.counts["scored"]}
 
@@ -487,6 +515,8 @@ class ScorerCore:
             "arms": self._arm_stats(),
             "previous": self.previous.version if self.previous is not None else None,
             "quality": self.quality.stats(self.checkpoint) if self.quality is not None else {},
+
+            "drift": self.drift.stats(),
         }
 
 

@@ -56,6 +56,21 @@ def status(config: Path, out: Path | None, n_log: int) -> None:
                           f"w={arm['weight']:.2f} scored={arm['scored']:,} {quality}"
                           + (f" {latency:.0f} us" if latency is not None else ""))
     _quality_rows(table, st.get("quality") or {})
+
+    drift = st.get("drift")
+    if drift:
+        c = drift["counts"]
+        last = drift["alarms"][-1] if drift["alarms"] else None
+        table.add_row("drift alarms", f"{c['drift_alarms']} ({c['concept_alarms']} concept, "
+                      f"{c['feature_alarms']} feature)"
+                      + (f"; last: {last['version']} {last['reason']}" if last else ""))
+        done = drift["retrains"][-1] if drift["retrains"] else None
+        table.add_row("retrains", f"{c['retrains_started']} started, "
+                      f"{c['retrains_registered']} registered, {c['retrains_gated']} gated "
+                      f"out, {c['retrains_failed']} failed"
+                      + ("; one running" if drift["retrain_running"] else "")
+                      + (f"; last: {done['status']} {done.get('version') or done.get('why')}"
+                         if done else ""))
     print_table(table)
     log_path = folder / "supervision.jsonl"
     if n_log and log_path.exists():

@@ -80,18 +80,20 @@ __all__ = ["EVENT_KINDS", "MISSING", "RAW_MAX_CHARS", "Change", "CommandRecord",
            "EventKind", "LifecycleEvent", "ModelVersion", "Registry", "default_actor"]
 
 EventKind = Literal["created", "checkpointed", "deployed", "shadowed", "canaried", "promoted",
-                    "rolled_back", "retired", "rejected", "evaluated"]
+                    "rolled_back", "retired", "rejected", "evaluated", "drift", "retrain"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 # Events that move a version to a new status; the others (created, checkpointed,
 # rejected, evaluated: an automatic promotion evaluation that ended without a
-# promotion) only log. Kept in step with migration 0002's backfill.
+# promotion; drift: a drift alarm on the version; retrain: a step of a retrain job it
+# started) only log. Kept in step with migration 0002's backfill.
 _STATUS_EVENTS = frozenset({"deployed", "shadowed", "canaried", "promoted", "rolled_back",
                             "retired"})
 _LIVE_EVENTS = ("deployed", "promoted")
 # What the access log calls each lifecycle event (a refusal: the action it refused).
 _ACTION_OF_EVENT = {"created": "register", "checkpointed": "checkpoint", "deployed": "deploy",
                     "shadowed": "deploy", "canaried": "deploy", "promoted": "promote",
-                    "rolled_back": "rollback", "retired": "retire", "evaluated": "evaluate"}
+                    "rolled_back": "rollback", "retired": "retire", "evaluated": "evaluate",
+                    "drift": "drift", "retrain": "retrain"}
 
 CommandStatus = Literal["applied", "rejected"]
 RAW_MAX_CHARS = 10_000
