@@ -159,8 +159,8 @@ def main() -> None:
     telemetry = TelemetryConfig(sample_ratio=args.sample_ratio)  # the default: prometheus
     costs = hook_costs(config, telemetry)
     n = config.ingest.batch_size
-    for name, (us, work) in costs.items():
-        share = f", {100 * us / work:.1f}% of the work it wraps" if work else ""
+    for name, (us, wrapped) in costs.items():
+        share = f", {100 * us / wrapped:.1f}% of the work it wraps" if wrapped else ""
         print(f"{name}: {us:.1f} us per batch of {n} ({us / n:.3f} us per event){share}",
               file=sys.stderr)
     if args.hooks_only:
