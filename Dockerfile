@@ -17,6 +17,9 @@ RUN pip install --no-cache-dir \
         "river>=0.22" \
         "pydantic>=2.9" \
         "opentelemetry-sdk>=1.27" \
+        "opentelemetry-exporter-prometheus>=0.66b0" \
+        "opentelemetry-exporter-otlp-proto-http>=1.27" \
+        "psutil>=5.9" \
         "click>=8.1" \
         "rich>=13.7" \
         "orjson>=3.10" \
@@ -26,7 +29,8 @@ RUN pip install --no-cache-dir \
         "sqlalchemy>=2.0" \
         "alembic>=1.13" \
         "psycopg[binary]>=3.1" \
-        "duckdb>=1.1"
+        "duckdb>=1.1" \
+        "plotly>=5.20"
 
 # Then riffle itself, without resolving anything again.
 COPY --chown=ray:users pyproject.toml README.md ./

@@ -28,6 +28,7 @@ from typing import Any
 
 import ray
 
+from pipelines.checkpoint import MANIFEST
 from pipelines.config import PipelineConfig
 from pipelines.errors import cause_line
 from pipelines.monitoring.retraining import Observation, RetrainPolicy, Trigger
@@ -137,7 +138,7 @@ class Retrainer:
             except Exception:
                 pass
             mine = [v for v in self._registry.versions(self._config.name)
-                    if v.kind == "river" and v.artifact_uri.endswith("manifest.json")]
+                    if v.kind == "river" and v.artifact_uri.endswith(MANIFEST)]
             return mine[-1].id if mine else None
         try:
             return await loop.run_in_executor(None, find)

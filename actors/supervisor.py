@@ -206,10 +206,25 @@ class Supervisor:
                 raise ActorFailed(failed,
                                   f"rewinding the consumer group: {cause_line(e)}") from None
 
-        await self._actors.rewind(failed, self._last_checkpoint(),
-                                  all_for_one=cfg.supervision.strategy == "all_for_one",
-                                  rewind_source=rewind_source)
+        gone = await self._actors.rewind(failed, self._last_checkpoint(),
+                                         all_for_one=cfg.supervision.strategy == "all_for_one",
+                                         rewind_source=rewind_source)
         self._resumed_at = time.time()
+        # Actors found dead on the way were replaced in this rewind: each is a failure on
+        # record, and a rewind that was not a failure's recovery (a forget's swap) was
+        # their restart.
+        for name in sorted(gone):
+            self._log.record("failure", name, "found dead while rewinding (its worker or "
+                             "node died); replaced in the same rewind")
+        if gone and failed == "supervisor":
+            self._restarts += 1
+            first = min(gone)
+            if self._meters is not None:  # one restart, as the summary counts it
+                self._meters.restarted(first.split("-")[0])
+            last = self._last_checkpoint()
+            self._log.record("restart", first, "found dead while rewinding",
+                             replaced=sorted(gone), checkpoint=last.id if last else None,
+                             strategy=cfg.supervision.strategy, resumed_at=self._resumed_at)
 
     async def _forget(self, request: str) -> None:
         """A forget request (the control path holds its lock). A failure it meets (an

@@ -96,10 +96,11 @@ class Topology:
                 ray.kill(actor, no_restart=True)
 
     async def rewind(self, failed: str, restore: Manifest | None, *, all_for_one: bool,
-                     rewind_source: Callable[[], Awaitable[None]]) -> None:
+                     rewind_source: Callable[[], Awaitable[None]]) -> set[str]:
         """After ``failed`` failed: replace it (every actor, for all_for_one) and rewind
         the others in place to ``restore`` (or the start), as a new generation; then
-        read on. ``rewind_source`` runs once no actor reads any more."""
+        read on. ``rewind_source`` runs once no actor reads any more. Returns the other
+        actors found dead on the way (their worker or node died), replaced as well."""
         cfg = self._config
         self.generation += 1
         gen = self.generation
@@ -107,7 +108,8 @@ class Topology:
         # on the failed actor ends when that one is killed).
         await self.abort()
         replace = {name for name, _ in self.named()} if all_for_one else {failed}
-        replace |= await self._gone()  # a node lost took every actor on it
+        gone = await self._gone() - {failed}  # a node lost took every actor on it
+        replace |= gone
         for name, actor in self.named():
             if name in replace:
                 ray.kill(actor, no_restart=True)
@@ -144,6 +146,7 @@ class Topology:
                 raise ActorFailed(name, f"while rewinding: {cause_line(e)}") from None
         await self.all_ready()
         self.start_reading()
+        return gone
 
     async def _gone(self) -> set[str]:
         """The actors that no longer exist (their worker or their node died): replaced

@@ -104,7 +104,7 @@ class RetrainPolicy:
             return None
         numbers = {k: alarm.get(k) for k in ("detector", "version", "arm", "scorer",
                                               "error_before", "error_after", "at_label",
-                                              "id")}
+                                              "id", "recorded_on")}
         numbers["labels_since_alarm"] = since
         return Trigger("drift", f"{alarm.get('detector')} drift alarm on "
                        f"{alarm.get('version')}: error {alarm.get('error_before', 0):.3f} -> "

@@ -130,7 +130,7 @@ class PartitionLog:
         # tuple.__new__: a named tuple without the Python frame of its __new__ (hot path)
         if offset >= self.start:
             out.append(_new(SourceMessage, (self.topic, self.partition, offset, "event",
-                                            payload, raw, error, now, None)))
+                                            payload, raw, error, now, None, "")))
         self.events_seen = seen = self.events_seen + 1
         pending = self.pending
         if feedback is not None:
@@ -144,7 +144,7 @@ class PartitionLog:
             self.next_offset = offset + 1
             if offset >= self.start:
                 out.append(_new(SourceMessage, (self.topic, self.partition, offset, "feedback",
-                                                pending.popleft()[1], None, None, now, None)))
+                                                pending.popleft()[1], None, None, now, None, "")))
             else:
                 pending.popleft()
 

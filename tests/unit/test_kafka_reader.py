@@ -26,6 +26,7 @@ class Record(NamedTuple):
     key: bytes
     value: bytes
     timestamp: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeConsumer:
