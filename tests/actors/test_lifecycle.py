@@ -49,10 +49,13 @@ def _config(root: Path, name: str, **over: Any) -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """A first run whose checkpoints are registered: the candidates of the tests."""
+    """A first run whose checkpoints are registered: the candidates of the tests. Paced,
+    so that the periodic checkpoint's barrier finds the ingest actor still reading (one
+    that has read everything abandons it, and only the final checkpoint would be left)."""
     root = tmp_path_factory.mktemp("lifecycle")
     cfg = _config(root, "trained", checkpoint={"enabled": True, "interval_s": None,
                                                  "every_events": 2500, "keep": 5},
+                  source={"rate_per_s": 2000},
                   scoring={"n_actors": 2, "num_cpus": 0, "model": TREE_MODEL})
     run_pipeline(cfg)
     with Registry(f"sqlite:///{root / 'registry.db'}") as reg:
