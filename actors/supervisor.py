@@ -217,14 +217,17 @@ class Supervisor:
             self._log.record("failure", name, "found dead while rewinding (its worker or "
                              "node died); replaced in the same rewind")
         if gone and failed == "supervisor":
-            self._restarts += 1
-            first = min(gone)
-            if self._meters is not None:  # one restart, as the summary counts it
-                self._meters.restarted(first.split("-")[0])
             last = self._last_checkpoint()
-            self._log.record("restart", first, "found dead while rewinding",
-                             replaced=sorted(gone), checkpoint=last.id if last else None,
-                             strategy=cfg.supervision.strategy, resumed_at=self._resumed_at)
+            self._restarted(min(gone), "found dead while rewinding", replaced=sorted(gone),
+                            checkpoint=last.id if last else None)
+
+    def _restarted(self, actor: str, reason: str, **details: Any) -> None:
+        """One restart on record: counted (summary and metric) and logged."""
+        self._restarts += 1
+        if self._meters is not None:
+            self._meters.restarted(actor.split("-")[0])
+        self._log.record("restart", actor, reason, strategy=self._config.supervision.strategy,
+                         resumed_at=self._resumed_at, **details)
 
     async def _forget(self, request: str) -> None:
         """A forget request (the control path holds its lock). A failure it meets (an
@@ -389,14 +392,9 @@ class Supervisor:
             except ActorFailed as again:
                 failure = again
                 continue
-            self._restarts += 1
-            if self._meters is not None:
-                self._meters.restarted(role)
-            self._log.record("restart", failure.actor, failure.error, checkpoint=checkpoint,
-                             attempt=decision.attempt, delay_s=decision.delay_s,
-                             strategy=self._config.supervision.strategy,
-                             resumed_at=self._resumed_at,
-                             rebuilt_in_s=round(self._resumed_at - failed_at, 3))
+            self._restarted(failure.actor, failure.error, checkpoint=checkpoint,
+                            attempt=decision.attempt, delay_s=decision.delay_s,
+                            rebuilt_in_s=round(self._resumed_at - failed_at, 3))
             return
 
     # -- what the driver asks ----------------------------------------------------------

@@ -63,21 +63,28 @@ def position(record_id: str) -> tuple[int, int]:
     return int(partition), int(index)
 
 
-def new_concept_reference(cfg: Any, served: list[dict[str, Any]], scored: set[str]) -> float:
+def partition_streams(cfg: Any, served: list[dict[str, Any]]) -> dict[int, list[Any]]:
+    """Each partition's ``(features, label)`` pairs, regenerated up to the last record of
+    it in ``served``."""
+    from pipelines.sources.synthetic import make_stream
+
+    tops: dict[int, int] = {}
+    for p in served:
+        part, index = position(p["record_id"])
+        tops[part] = max(tops.get(part, -1), index)
+    return {part: [next(stream) for _ in range(top + 1)]
+            for part, top in tops.items() for stream in [make_stream(cfg.source, part)]}
+
+
+def new_concept_reference(cfg: Any, served: list[dict[str, Any]], streams: dict[int, list[Any]],
+                          scored: set[str]) -> float:
     """A fresh model of ``scoring.model`` that learns only the new concept: every event
     of each partition from the end of the change on, in ``served``'s order (predict, then
     learn at once); its accuracy on the records in ``scored``."""
     from pipelines.models import build_model
-    from pipelines.sources.synthetic import make_stream
 
     src = cfg.source
     start = (src.drift.position + src.drift.width // 2) // src.partitions
-    wanted: dict[int, int] = {}
-    for p in served:
-        part, index = position(p["record_id"])
-        wanted[part] = max(wanted.get(part, -1), index)
-    streams = {part: [next(s) for _ in range(top + 1)]
-               for part, top in wanted.items() for s in [make_stream(src, part)]}
     model = build_model(cfg.scoring.model)
     hits = n = 0
     for p in served:
@@ -90,21 +97,6 @@ def new_concept_reference(cfg: Any, served: list[dict[str, Any]], scored: set[st
             n += 1
         model.learn_one(x, y)
     return hits / n if n else float("nan")
-
-
-def labels_of(cfg: Any, served: list[dict[str, Any]]) -> dict[str, Any]:
-    from pipelines.sources.synthetic import make_stream
-
-    tops: dict[int, int] = {}
-    for p in served:
-        part, index = position(p["record_id"])
-        tops[part] = max(tops.get(part, -1), index)
-    out = {}
-    for part, top in tops.items():
-        stream = make_stream(cfg.source, part)
-        for index in range(top + 1):
-            out[f"{cfg.source.name}-{cfg.source.seed}-{part}-{index}"] = next(stream)[1]
-    return out
 
 
 def run(cfg: Any) -> tuple[dict[str, Any], float]:
@@ -139,11 +131,16 @@ def drifting(work: Path, events: int, after: int) -> dict[str, Any]:
         out["note"] = "no candidate was promoted: nothing to compare"
         return out
     mine = [p for p in served if p["model_version"] == live][:after]
-    labels = labels_of(cfg, served)
+    streams = partition_streams(cfg, served)
+
+    def label(record_id: str) -> Any:
+        part, index = position(record_id)
+        return streams[part][index][1]
+
     out["served_by_candidate"] = len(mine)
-    out["candidate_accuracy"] = sum(p["prediction"] == labels[p["record_id"]]
+    out["candidate_accuracy"] = sum(p["prediction"] == label(p["record_id"])
                                     for p in mine) / len(mine)
-    out["new_concept_accuracy"] = new_concept_reference(cfg, served,
+    out["new_concept_accuracy"] = new_concept_reference(cfg, served, streams,
                                                         {p["record_id"] for p in mine})
     out["gap_points"] = 100 * (out["candidate_accuracy"] - out["new_concept_accuracy"])
     return out
