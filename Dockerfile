@@ -42,3 +42,6 @@ RUN pip install --no-cache-dir --no-deps .
 # Ray starts its workers at nice 15 on a local Ray; in a pod the workers are the
 # pipeline (see actors/driver.py).
 ENV RAY_worker_niceness=0
+# Sink batches (up to ~2,000 predictions) travel inline, not through the object store
+# (actors/driver.py's INLINE_BYTES, for a Ray that riffle starts itself).
+ENV RAY_max_direct_call_object_size=1048576

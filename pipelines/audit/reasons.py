@@ -102,8 +102,8 @@ def scored_with_reasons(model: Any, top_k: int) -> ScoredWithReasons | None:
             return score, fallback(x, None)
         scaled = transform(x)
         weight = final._weights.to_dict().get  # the live weights, as a plain dict: one copy
-        terms = {f: weight(f, 0.0) * v for f, v in scaled.items()}
-        return predict(scaled), [[f, x[f], c] for f, c in _largest(terms, top_k)]
+        return predict(scaled), _largest(x, [(f, weight(f, 0.0) * v)
+                                             for f, v in scaled.items()], top_k)
 
     return both
 
@@ -111,30 +111,33 @@ def scored_with_reasons(model: Any, top_k: int) -> ScoredWithReasons | None:
 _BY_VALUE = itemgetter(1)
 
 
-def _largest(terms: dict[str, float], k: int) -> list[tuple[str, float]]:
-    """The ``k`` terms largest in size, largest first, none that is zero.
+def _largest(x: dict[str, Any], terms: list[tuple[str, float]], k: int) -> list[list[Any]]:
+    """The reasons of the ``k`` terms ``(feature, contribution)`` largest in size, largest
+    first, none that is zero: ``[feature, x[feature], contribution]``.
 
-    Sorted once by signed value (a C-level key), the largest in size are taken from
-    both ends; of two terms of the same size, the positive one comes first, and of two
-    equal terms, the feature that came first.
+    Sorted once by signed value (a C-level key; ``terms`` is the caller's own list, sorted
+    in place), the largest in size are taken from both ends; of two terms of the same
+    size, the positive one comes first, and of two equal terms, the feature that came
+    first (the sort is stable).
 
-    >>> _largest({"a": 0.5, "b": -2.0, "c": 0.0, "d": 1.0}, 3)
-    [('b', -2.0), ('d', 1.0), ('a', 0.5)]
-    >>> _largest({"a": 0.0}, 3)
+    >>> x = {"a": 1, "b": 2, "c": 3, "d": 4}
+    >>> _largest(x, [("a", 0.5), ("b", -2.0), ("c", 0.0), ("d", 1.0)], 3)
+    [['b', 2, -2.0], ['d', 4, 1.0], ['a', 1, 0.5]]
+    >>> _largest(x, [("a", 0.0)], 3)
     []
     """
-    ordered = sorted(terms.items(), key=_BY_VALUE)
-    lo, hi = 0, len(ordered) - 1
-    out: list[tuple[str, float]] = []
+    terms.sort(key=_BY_VALUE)
+    lo, hi = 0, len(terms) - 1
+    out: list[list[Any]] = []
     for _ in range(k):
         if lo > hi:
             break
-        low, high = ordered[lo], ordered[hi]
+        low, high = terms[lo], terms[hi]
         if -low[1] > high[1]:
-            out.append(low)
+            out.append([low[0], x[low[0]], low[1]])
             lo += 1
         elif high[1]:
-            out.append(high)
+            out.append([high[0], x[high[0]], high[1]])
             hi -= 1
         else:  # what is left is zero
             break
@@ -148,9 +151,9 @@ def _linear(model: Any, scaler: Any, top_k: int) -> Reasons:
 
         def reasons(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
             weight = model._weights.to_dict().get  # the live weights (learning replaces them)
-            terms = {f: weight(f, 0.0) * ((xi - means[f]) / v**0.5 if (v := variances[f])
-                                          else 0.0) for f, xi in x.items()}
-            return [[f, x[f], c] for f, c in _largest(terms, top_k)]
+            terms = [(f, weight(f, 0.0) * ((xi - means[f]) / v**0.5 if (v := variances[f])
+                                           else 0.0)) for f, xi in x.items()]
+            return _largest(x, terms, top_k)
 
         return reasons
     transform = scaler.transform_one if scaler is not None else None
@@ -158,8 +161,7 @@ def _linear(model: Any, scaler: Any, top_k: int) -> Reasons:
     def general(x: dict[str, Any], prediction: Any) -> list[list[Any]]:
         scaled = transform(x) if transform is not None else x
         weight = model._weights.to_dict().get
-        terms = {f: weight(f, 0.0) * v for f, v in scaled.items()}
-        return [[f, x[f], c] for f, c in _largest(terms, top_k)]
+        return _largest(x, [(f, weight(f, 0.0) * v) for f, v in scaled.items()], top_k)
 
     return general
 
