@@ -118,10 +118,15 @@ def direct_urls(config: PipelineConfig) -> list[str]:
         return []
     try:
         groups = ray.get(client._controller.get_target_groups.remote(config.name))
+        http = ray.get(client._controller.get_http_config.remote())
     except Exception:  # an older or newer Serve without it: the proxy still serves
         return []
-    return [f"http://{t.ip}:{t.port}" for g in groups if g.protocol == "HTTP"
-            for t in g.targets if t.port != config.serving.port]
+    # A replica's server binds Serve's HTTP host: the node's address (what the targets
+    # name) is reachable only when that host is every interface; else it is the host
+    # itself (loopback, by default).
+    return [f"http://{t.ip if http.host in ('0.0.0.0', '::') else http.host}:{t.port}"
+            for g in groups if g.protocol == "HTTP"
+            for t in g.targets if t.port != http.port]
 
 
 def stop_service() -> None:

@@ -90,12 +90,14 @@ async def _load(url: str, *, clients: int, seconds: float, batch: int,
     async def worker(w: int, session: aiohttp.ClientSession) -> None:
         nonlocal failed
         i = w
-        next_at = time.perf_counter()
+        # Paced workers start staggered (worker w at w/rate), so the load is an even
+        # stream of requests, not a burst of every client at once each period.
+        next_at = time.perf_counter() + (w / rate if rate is not None else 0.0)
         while (now := time.perf_counter()) < stop_at:
             if rate is not None:
-                next_at += clients / rate
                 if next_at > now:
                     await asyncio.sleep(next_at - now)
+                next_at += clients / rate
             started = time.perf_counter()
             async with session.post(f"{url}/v1/predict", data=bodies[i % 256],
                                     headers=headers) as r:
