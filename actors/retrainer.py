@@ -202,6 +202,11 @@ class Retrainer:
         await self._registry_event(parent, "retrain", step="started", reason=trigger.reason,
                                    trigger=trigger.to_json())
         cfg = self._config.retraining
+        free = ray.available_resources().get("CPU", 0.0)
+        if free < cfg.num_cpus:  # Ray queues it: say so, or it looks like a hang
+            self._log.record("retrain", ACTOR, f"waiting for CPUs: the job needs "
+                             f"{cfg.num_cpus:g}, {free:g} free (lower retraining.num_cpus "
+                             "or the actors' num_cpus, or add a node)", version=live)
         task = self._control.lifecycle.task
         ref = retrain_job.options(num_cpus=cfg.num_cpus).remote(
             self._config, self._store_url, self._registry_url, trigger.to_json(), parent,

@@ -5,12 +5,14 @@ Every run is the whole pipeline (``configs/local.yaml``: 200,000 events, 4 parti
 ingest and 2 scoring actors, the default model) with ``retraining.enabled`` and
 ``launch.promotion.mode: auto``, one after another in one local Ray:
 
-1. **With the change** (the default stream, seed 42): when the drift alarm fired, the
-   candidate the policy trained, whether its gate passed and it was promoted; then its
-   accuracy on the first ``--after`` labels it served as the live version, beside a fresh
-   model of the same spec that learns only the new concept (every event of each partition
-   from the end of the change on, predict then learn, in the order riffle served them) on
-   the same records.
+1. **With the change** (the default stream, seed 42, its change at event 100,000, fed
+   at ``--rate`` events/s), twice: with the default model (an adaptive tree, which mends
+   itself), and with a model that goes stale (Gaussian naive Bayes). Each: when the drift
+   alarm fired, the candidate the policy trained, whether its gate passed and it was
+   promoted; then its accuracy on the first ``--after`` labels it served as the live
+   version, beside a fresh model of the same spec that learns only the new concept
+   (every event of each partition from the end of the change on, predict then learn, in
+   the order riffle served them) on the same records.
 2. **Without it** (``drift: null``), over ``--seeds`` seeds: alarms, retrains started,
    candidates registered, and promotions. The target: no retrain promoted.
 
@@ -34,15 +36,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def config(root: Path, *, seed: int, events: int, drift: bool) -> Any:
+STALE_MODEL = {"steps": [{"name": "naive_bayes.GaussianNB"}]}
+"""A model that keeps the old concept's counts, so it goes stale after the change (as
+tests/actors/test_retraining.py uses): the case a retrained candidate must win."""
+
+
+def config(root: Path, *, seed: int, events: int, drift: bool, rate: float | None = None,
+           model: dict[str, Any] | None = None) -> Any:
+    """``configs/local.yaml`` with retraining on and automatic promotion. The actors take
+    a quarter of a CPU each, so the job's own CPU fits beside them on 2 cores (with their
+    default halves, Ray would queue the job until the run ends)."""
     from pipelines.config import PipelineConfig
 
     raw = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     raw["source"].update(seed=seed, n_events=events)
-    if drift:
-        raw["source"]["drift"]["position"] = events // 2
-    else:
+    if rate is not None:
+        raw["source"]["rate_per_s"] = rate
+    if not drift:
         raw["source"]["drift"] = None
+    if model is not None:
+        raw["scoring"]["model"] = model
+    raw["ingest"]["num_cpus"] = raw["scoring"]["num_cpus"] = 0.25
     raw["output"] = {"out_dir": str(root / "out")}
     raw["registry"] = {"url": f"sqlite:///{root / 'registry.db'}"}
     raw["launch"] = {"promotion": {"mode": "auto"}}
@@ -115,11 +129,13 @@ def promoted(cfg: Any) -> list[str]:
                 if any(e.kind == "promoted" for e in reg.events(v.id))]
 
 
-def drifting(work: Path, events: int, after: int) -> dict[str, Any]:
-    cfg = config(work / "drift", seed=42, events=events, drift=True)
+def drifting(work: Path, events: int, after: int, rate: float,
+             model: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    cfg = config(work / name, seed=42, events=events, drift=True, rate=rate, model=model)
     summary, wall = run(cfg)
     drift = summary.get("drift", {})
-    out: dict[str, Any] = {"events": events, "wall_s": round(wall, 1),
+    out: dict[str, Any] = {"model": name, "events": events, "rate_per_s": rate,
+                           "wall_s": round(wall, 1),
                            "counts": drift.get("counts", {}),
                            "alarms": drift.get("alarms", []),
                            "retrains": drift.get("retrains", []),
@@ -165,6 +181,12 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--after", type=int, default=20_000,
                     help="labels served by the promoted candidate to compare")
+    ap.add_argument("--drift-events", type=int, default=300_000,
+                    help="events of the runs with the change (at 100,000, the default's)")
+    ap.add_argument("--rate", type=float, default=4000.0,
+                    help="events/s of the runs with the change: a stream, not a replay "
+                         "(a replay ends before a candidate could serve)")
+    ap.add_argument("--skip-stationary", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-retraining.json")
     args = ap.parse_args()
 
@@ -174,10 +196,15 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="riffle-retrain-") as tmp:
             work = Path(tmp)
-            print("drifting default stream ...", file=sys.stderr, flush=True)
-            report = {"drifting": drifting(work, args.events, args.after)}
-            print(json.dumps(report["drifting"], indent=1, default=str), file=sys.stderr)
-            rows = stationary(work, args.seeds, args.events)
+            report: dict[str, Any] = {"drifting": []}
+            for name, model in (("default", None), ("stale", STALE_MODEL)):
+                print(f"drifting default stream, {name} model ...", file=sys.stderr,
+                      flush=True)
+                report["drifting"].append(drifting(work, args.drift_events, args.after,
+                                                   args.rate, model, name))
+                print(json.dumps(report["drifting"][-1], indent=1, default=str),
+                      file=sys.stderr)
+            rows = [] if args.skip_stationary else stationary(work, args.seeds, args.events)
     finally:
         ray.shutdown()
     report["stationary"] = rows
@@ -188,14 +215,17 @@ def main() -> None:
     report["stationary_total"] = total
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
-    d = report["drifting"]
-    print(f"with the change: alarms {d['counts'].get('drift_alarms', 0)}, retrains "
-          f"{d['retrains']}, promoted {d['promoted']}")
-    if "candidate_accuracy" in d:
-        print(f"  candidate over its first {d['served_by_candidate']:,} live labels: "
-              f"{d['candidate_accuracy']:.4f}; a model of the new concept only: "
-              f"{d['new_concept_accuracy']:.4f} ({d['gap_points']:+.2f} points)")
-    print(f"without it, {args.seeds} seeds x {args.events:,} events: {total}")
+    for d in report["drifting"]:
+        print(f"with the change, {d['model']} model: alarms "
+              f"{d['counts'].get('drift_alarms', 0)}, retrains "
+              f"{[(r.get('status'), r.get('version'), r.get('why')) for r in d['retrains']]}, "
+              f"promoted {d['promoted']}")
+        if "candidate_accuracy" in d:
+            print(f"  candidate over its first {d['served_by_candidate']:,} live labels: "
+                  f"{d['candidate_accuracy']:.4f}; a model of the new concept only: "
+                  f"{d['new_concept_accuracy']:.4f} ({d['gap_points']:+.2f} points)")
+    if rows:
+        print(f"without it, {args.seeds} seeds x {args.events:,} events: {total}")
 
 
 if __name__ == "__main__":
