@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -66,13 +67,16 @@ def _without_task_events(method: Any) -> Any:
 class IngestActor:
     def __init__(self, config: PipelineConfig, *, name: str, partitions: list[int], task: Task,
                  scorers: list[ActorHandle], sink: ActorHandle, generation: int = 0,
-                 store_url: str | None = None, restore: Manifest | None = None) -> None:
+                 store_url: str | None = None, restore: Manifest | None = None,
+                 feedback_channel: str | None = None) -> None:
         pin_mmap_threshold()  # a long run's RSS stays with its live data (pipelines.allocator)
         Drills(config.runtime.fault_drills, name).fire("start")
         self.name = name
         self._config = config
         self._cfg = config.ingest
         self._partitions = partitions
+        self._channel = Path(feedback_channel) if feedback_channel else None
+        """The embedded feedback channel this actor reads (one actor of an embedded source)."""
         self._task = task
         self._store = CheckpointStore(store_url) if store_url else None
         self._barrier_lock = threading.Lock()
@@ -105,7 +109,8 @@ class IngestActor:
             if self.name in restore.parts:
                 self._core.restore(loads_state(self._store.read_part(restore, self.name)))
         self._reader = open_pipeline_reader(self._config, self._partitions, positions,
-                                            on_revoke=self._drain, client_id=self.name)
+                                            on_revoke=self._drain, client_id=self.name,
+                                            feedback_channel=self._channel)
         self._scorers = scorers
         self._sink = sink
         self._process = [_without_task_events(sc.process) for sc in scorers]

@@ -22,6 +22,7 @@ from pipelines.checkpoint import Manifest
 from pipelines.config import PipelineConfig
 from pipelines.errors import ActorFailed, cause_line
 from pipelines.models import Task
+from pipelines.sources.channel import FILE as CHANNEL_FILE
 
 ABORT_TIMEOUT_S = 5.0
 """How long an ingest actor gets to stop reading and leave its consumer group."""
@@ -199,7 +200,10 @@ class Topology:
                                    **self._placed("ingest")).remote(
             cfg, name=f"ingest-{index}", partitions=partitions, task=self._task,
             scorers=self.scorers, sink=self.sink, generation=self.generation,
-            store_url=self._store_url, restore=restore)
+            store_url=self._store_url, restore=restore,
+            # The service's labels on an embedded source (pipelines.sources.channel).
+            feedback_channel=str(self._out_dir / CHANNEL_FILE)
+            if index == 0 and cfg.source.kind != "kafka" else None)
 
 
 async def _settled(ref: ray.ObjectRef) -> None:

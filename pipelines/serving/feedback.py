@@ -6,7 +6,8 @@ learns from them (the stream's scorers hold the models' state).
   joins them), one JSON message per label — the messages ``riffle produce`` sends. A
   request returns once the broker has every label (acks=all).
 - Otherwise the embedded channel ``<out_dir>/feedback.jsonl``: one JSON label per line,
-  appended whole under an exclusive lock (as the control channel's commands).
+  appended whole under an exclusive lock (as the control channel's commands), which the
+  stream's first ingest actor reads on (:mod:`pipelines.sources.channel`).
 
 >>> import tempfile, pathlib, orjson
 >>> w = FileFeedback(pathlib.Path(tempfile.mkdtemp()) / "feedback.jsonl")
@@ -28,6 +29,7 @@ import orjson
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import SourceError
+from pipelines.sources.channel import FILE as CHANNEL_FILE
 
 __all__ = ["FeedbackWriter", "FileFeedback", "KafkaFeedback", "open_feedback"]
 
@@ -101,4 +103,4 @@ def open_feedback(config: PipelineConfig, *, out_dir: Path | None = None,
     """Where ``config``'s stream reads labels from."""
     if config.source.kind == "kafka":
         return KafkaFeedback(config, client_id=client_id)
-    return FileFeedback((out_dir or config.out_dir) / "feedback.jsonl")
+    return FileFeedback((out_dir or config.out_dir) / CHANNEL_FILE)

@@ -1,8 +1,6 @@
 """Sources: partitioned, positioned streams of events and feedback.
 
->>> from collections.abc import Callable
-
-from pipelines.config import SyntheticSourceConfig
+>>> from pipelines.config import SyntheticSourceConfig
 >>> reader = open_reader(SyntheticSourceConfig(kind="synthetic", n_events=10), [0, 1, 2, 3])
 >>> sum(m.kind == "event" for m in reader.read(100))
 10
@@ -11,6 +9,7 @@ from pipelines.config import SyntheticSourceConfig
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from pipelines.config import (
     FileSourceConfig,
@@ -56,12 +55,15 @@ def open_pipeline_reader(
     *,
     on_revoke: Callable[[set[str]], None] | None = None,
     client_id: str = "riffle",
+    feedback_channel: Path | None = None,
 ) -> SourceReader:
     """The reader of one ingest actor of ``config``.
 
-    Embedded sources own the partitions given; a Kafka reader joins the consumer group
-    (its partitions are the group's to assign; its positions are the committed offsets)
-    and calls ``on_revoke`` before any of them is taken away.
+    Embedded sources own the partitions given; with ``feedback_channel`` (one ingest
+    actor's), the labels appended to that file are read beside them
+    (:mod:`pipelines.sources.channel`). A Kafka reader joins the consumer group (its
+    partitions are the group's to assign; its positions are the committed offsets) and
+    calls ``on_revoke`` before any of them is taken away.
     """
     src = config.source
     if isinstance(src, KafkaSourceConfig):
@@ -69,7 +71,12 @@ def open_pipeline_reader(
 
         return KafkaReader(src, config.kafka, max_message_bytes=config.ingest.max_message_bytes,
                            client_id=client_id, on_revoke=on_revoke)
-    return open_reader(src, partitions, positions)
+    reader = open_reader(src, partitions, positions)
+    if feedback_channel is None:
+        return reader
+    from pipelines.sources.channel import CHANNEL, ChannelReader
+
+    return ChannelReader(reader, feedback_channel, start=(positions or {}).get(CHANNEL, 0))
 
 
 def check_source(config: PipelineConfig) -> None:
