@@ -225,7 +225,8 @@ class ServingCore:
                 raise AuditError(f"no certificate from running pipeline {self.config.name} "
                                  "in time (withdrawn, unless it was already taken up)")
             return cert
-        forgetter = Forgetter(self.config, out_dir=self.out_dir, registry=self.registry)
+        forgetter = Forgetter(self.config, out_dir=self.out_dir, registry=self.registry,
+                              actor=principal.name)
         return forgetter.forget(key, reason=reason, suppress=suppress)  # type: ignore[no-any-return]
 
     def command(self, principal: Principal, **fields: Any) -> Outcome:
