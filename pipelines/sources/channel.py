@@ -4,10 +4,11 @@ stream beside an embedded source's own messages.
 
 The channel is a log of its own, ``feedback-channel[0]``: a label's offset is the byte
 position of its line, and the position after the last whole line read is recorded with
-the source's positions (once there is one: a run nobody sent labels to records none), so a checkpoint covers it and a restore reads on from there (the
-same exactness as the source's). One ingest actor reads it (the one owning partition 0);
-a label reaches its record's scorer by its key, as every label does. Only whole lines are
-read (a writer's line in progress waits for its newline), at most every
+the source's positions (once there is one: a run nobody sent labels to records none), so
+a checkpoint covers it and a restore reads on from there (the same exactness as the
+source's). One ingest actor reads it (the first); a label reaches its record's scorer by
+its key, as every label does. Only whole lines are read (a writer's line in progress
+waits for its newline), at most every
 :data:`POLL_S` seconds, and a line that is not a JSON object is a dead letter.
 
 The channel does not keep a finite source running: labels appended after the source is
