@@ -261,8 +261,18 @@ def retrain_job(config: PipelineConfig, store_url: str, registry_url: str | None
     from pipelines.monitoring.candidate import register_candidate, train_candidate
 
     window = config.retraining.window
-    examples = read_window(store_url, n_labels=window.n_labels, since=trigger.get("since"),
+    since = trigger.get("since")
+    examples = read_window(store_url, n_labels=window.n_labels, since=since,
                            max_age_s=window.max_age_s)
+    # The policy starts the job once n_labels labels *arrived* after the alarm; the job
+    # reads committed ones only: it waits for the checkpoints that commit the rest.
+    every = max(config.checkpoint.interval_s or 0.0, 1.0)
+    deadline = time.monotonic() + min(config.retraining.timeout_s / 2, 20 * every)
+    while since is not None and len(examples) < window.n_labels and \
+            time.monotonic() + every < deadline:
+        time.sleep(every)
+        examples = read_window(store_url, n_labels=window.n_labels, since=since,
+                               max_age_s=window.max_age_s)
     if len(examples) < 10:
         return {"status": "failed", "why": f"{len(examples)} examples in the window"}
     candidate = train_candidate(config, examples, task)
@@ -305,7 +315,11 @@ def read_window(store_url: str, *, n_labels: int, since: float | None = None,
         return []
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    # The reads run inside the job's own CPU budget (it holds retraining.num_cpus).
+    # The reads run inside the job's own CPU budget (it holds retraining.num_cpus). Ray
+    # Data's newer read path lists the files in a task of its own that asks for a whole
+    # CPU beside the job's: with the pipeline's actors holding the rest (2 cores), it
+    # waited until the run ended. The classic path lists them here, in the job.
+    ctx.use_datasource_v2 = False
     zero = {"num_cpus": 0}
     learned = ray.data.read_parquet(
         training, columns=["record_id", "topic", "partition", "offset", "label", "arm",

@@ -99,7 +99,8 @@ class RetrainTriggers(_Frozen):
 class RetrainWindow(_Frozen):
     """How far back a candidate learns: the newest ``n_labels`` labeled examples (at most
     ``max_age_s`` old). After a drift alarm, only labels that arrived after it count, and
-    the job waits until ``n_labels`` of them are committed."""
+    the job waits until ``n_labels`` of them are committed (for at most half its
+    ``timeout_s`` or 20 checkpoint intervals; then it learns what is there)."""
 
     n_labels: Annotated[int, Field(ge=100)] = 10_000
     max_age_s: Annotated[float, Field(gt=0)] | None = None
