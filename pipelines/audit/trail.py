@@ -176,8 +176,13 @@ def _record_columns(events: list[Any]) -> list[pa.Array]:
 def _features(events: list[Any]) -> pa.Array:
     """The features as the model saw them, as JSON text (options only where a row needs
     them: numpy values or keys that are not strings)."""
+    features = list(map(itemgetter(3), events))
+    try:
+        return _text(list(map(_DUMPS, features)))  # one C-level pass (the common case)
+    except TypeError:
+        pass
     out = []
-    for x in map(itemgetter(3), events):
+    for x in features:
         try:
             out.append(_DUMPS(x))
         except TypeError:
