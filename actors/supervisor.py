@@ -214,8 +214,17 @@ class Supervisor:
         # record, and a rewind that was not a failure's recovery (a forget's swap) was
         # their restart.
         for name in sorted(gone):
-            self._log.record("failure", name, "found dead while rewinding (its worker or "
-                             "node died); replaced in the same rewind")
+            why = "found dead while rewinding (its worker or node died)"
+            self._log.record("failure", name, f"{why}; replaced in the same rewind")
+            # A failure like any other for its role's restart policy: a crash loop that
+            # shows up only as actors found dead still escalates.
+            decision = self._policies.get(name.split("-")[0],
+                                          self._policies["scorer"]).on_failure(why)
+            if isinstance(decision, Escalate):
+                self._log.record("escalation", name, decision.reason)
+                await self._teardown()
+                raise RunFailed(f"pipeline {cfg.name}: {name} failed and was not restarted: "
+                                f"{decision.reason}")
         if gone and failed == "supervisor":
             last = self._last_checkpoint()
             self._restarted(min(gone), "found dead while rewinding", replaced=sorted(gone),
