@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import ray
 
@@ -218,17 +218,24 @@ class Supervisor:
             self._log.record("failure", name, f"{why}; replaced in the same rewind")
             # A failure like any other for its role's restart policy: a crash loop that
             # shows up only as actors found dead still escalates.
-            decision = self._policies.get(name.split("-")[0],
-                                          self._policies["scorer"]).on_failure(why)
+            decision = self._policy(name).on_failure(why)
             if isinstance(decision, Escalate):
-                self._log.record("escalation", name, decision.reason)
-                await self._teardown()
-                raise RunFailed(f"pipeline {cfg.name}: {name} failed and was not restarted: "
-                                f"{decision.reason}")
+                await self._escalate(name, decision)
         if gone and failed == "supervisor":
             last = self._last_checkpoint()
             self._restarted(min(gone), "found dead while rewinding", replaced=sorted(gone),
                             checkpoint=last.id if last else None)
+
+    def _policy(self, actor: str) -> RestartPolicy:
+        """The restart policy of ``actor``'s role."""
+        return self._policies.get(actor.split("-")[0], self._policies["scorer"])
+
+    async def _escalate(self, actor: str, decision: Escalate) -> NoReturn:
+        """The policy gave up on ``actor``: the data path down, the run failed."""
+        self._log.record("escalation", actor, decision.reason)
+        await self._teardown()
+        raise RunFailed(f"pipeline {self._config.name}: {actor} failed and was not "
+                        f"restarted: {decision.reason}")
 
     def _restarted(self, actor: str, reason: str, **details: Any) -> None:
         """One restart on record: counted (summary and metric) and logged."""
@@ -382,15 +389,10 @@ class Supervisor:
         a restart that fails again counts as another failure. Raises RunFailed when the
         policy escalates."""
         while True:
-            role = failure.actor.split("-")[0]
             self._log.record("failure", failure.actor, failure.error)
-            policy = self._policies.get(role, self._policies["scorer"])
-            decision = policy.on_failure(failure.error)
+            decision = self._policy(failure.actor).on_failure(failure.error)
             if isinstance(decision, Escalate):
-                self._log.record("escalation", failure.actor, decision.reason)
-                await self._teardown()
-                raise RunFailed(f"pipeline {self._config.name}: {failure.actor} failed and was "
-                                f"not restarted: {decision.reason}")
+                await self._escalate(failure.actor, decision)
             failed_at = time.time()
             self._cancel_checkpoint()
             await asyncio.sleep(decision.delay_s)
