@@ -32,6 +32,16 @@ def _label(i: int) -> dict[str, object]:
     return {"record_id": f"r{i}", "key": f"k{i % 300}", "label": (i % 7) > 3}
 
 
+def _scored_so_far(path: Path) -> set[int]:
+    """The record numbers in a predictions file the sink is still writing: only whole
+    lines (the last one may be half written)."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    return {int(orjson.loads(line)["record_id"][1:]) for line in whole.splitlines() if line}
+
+
 def test_feedback_channel_labels_from_the_service_are_learned_bad_ones_dead_lettered(
         tmp_path: Path) -> None:
     data = tmp_path / "events.jsonl"
@@ -59,8 +69,7 @@ def test_feedback_channel_labels_from_the_service_are_learned_bad_ones_dead_lett
         wanted = set(range(1000, 1200))
         deadline = time.monotonic() + 60
         while wanted and time.monotonic() < deadline:
-            path = out / "predictions.jsonl"
-            seen = {int(p["record_id"][1:]) for p in read_jsonl(path)} if path.exists() else set()
+            seen = _scored_so_far(out / "predictions.jsonl")
             ready = sorted(wanted & seen)
             if ready:
                 channel.write([_label(i) for i in ready])
