@@ -24,13 +24,22 @@ from typing import Any
 
 from pipelines.config import PipelineConfig, load_config
 
-__all__ = ["THROUGHPUT_ENV", "ScoringReplica", "build_app", "direct_urls", "run_service",
+__all__ = ["ScoringReplica", "build_app", "direct_urls", "run_service", "serve_env",
            "stop_service"]
 
-THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-"""Serve's throughput-optimized mode (Ray >= 2.54): user code and the router on the
-replica's own event loop, request logs buffered, direct ingress. It is read when Serve's
-processes start, so it is set before Ray starts."""
+
+def serve_env(config: PipelineConfig) -> dict[str, str]:
+    """The environment Serve's processes read when they start (so it is set before Ray
+    starts): the throughput-optimized mode (Ray >= 2.54: user code and the router on the
+    replica's own event loop, request logs buffered, direct ingress) and the HAProxy
+    ingress (``serving.ingress``)."""
+    s = config.serving
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if s.throughput_optimized else {}
+    if s.ingress == "haproxy":
+        threads = s.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
+        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads)}
+    return env
+
 
 from ray import serve  # noqa: E402  (after the constants it reads are documented)
 
@@ -68,7 +77,8 @@ class ScoringReplica:
 def deployment_for(config: PipelineConfig) -> Any:
     s = config.serving
     options: dict[str, Any] = {"max_ongoing_requests": s.max_ongoing_requests,
-                               "ray_actor_options": {"num_cpus": s.num_cpus}}
+                               "ray_actor_options": {"num_cpus": s.num_cpus},
+                               "logging_config": {"enable_access_log": s.request_log}}
     if s.autoscaling_config is not None:
         options["autoscaling_config"] = s.autoscaling_config.model_dump()
     else:
@@ -93,9 +103,8 @@ def run_service(config: PipelineConfig, *, out_dir: Path | None = None,
     every replica is up."""
     from actors.driver import ensure_ray
 
-    if config.serving.throughput_optimized:
-        for name, value in THROUGHPUT_ENV.items():
-            os.environ.setdefault(name, value)
+    for name, value in serve_env(config).items():
+        os.environ.setdefault(name, value)
     load_keys(config.serving.keys_file)
     ensure_ray(config.runtime.num_cpus)
     host = host or config.serving.host

@@ -603,9 +603,31 @@ class ServingConfig(_Frozen):
     command_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     """How long an admin route waits for the pipeline to apply its command (then 202)."""
     keys_file: LaxPath | None = None
+    request_log: bool = False
+    """Serve's own log line per request (the replicas' logs). Off by default: it costs
+    more than the model at these rates, and the access log already tallies every
+    principal's requests."""
     throughput_optimized: bool = True
     """Start Serve with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (``riffle serve`` on a
     Ray it starts; a cluster sets it in its own environment)."""
+    ingress: Literal["proxy", "haproxy"] = "proxy"
+    """How requests reach the replicas: ``proxy`` (Serve's Python proxy actor) or
+    ``haproxy`` (Serve's HAProxy ingress, shipped with ``ray[serve]`` on Linux: requests
+    go straight to the replicas' own ports; several times the proxy's rate here). Set
+    when ``riffle serve`` starts Ray (``RAY_SERVE_ENABLE_HA_PROXY=1``); a cluster sets
+    it in its own environment. Fixed replicas only: under it Serve's autoscaler did
+    not see the replicas' load (Ray 2.60)."""
+    haproxy_threads: Annotated[int, Field(ge=1, le=64)] | None = None
+    """HAProxy's threads (None: half the machine's cores, 1 to 4; Serve's own default
+    of 4 took the CPU from the replicas on 2 cores)."""
+
+    @model_validator(mode="after")
+    def _haproxy_fixed(self) -> ServingConfig:
+        if self.ingress == "haproxy" and self.autoscaling_config is not None:
+            raise ValueError("serving.ingress haproxy takes a fixed num_replicas, not "
+                             "autoscaling_config (Serve's autoscaler does not see the "
+                             "replicas' load behind it)")
+        return self
 
 
 class TelemetryConfig(_Frozen):

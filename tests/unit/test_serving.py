@@ -177,6 +177,42 @@ def test_serving_bad_bodies_are_422_naming_the_field_and_oversized_ones_413(
     assert fb.status_code == 422 and fb.json()["detail"][0]["loc"][:3] == ["body", "labels", 0]
 
 
+def test_serving_fast_path_answers_valid_predicts_as_the_route_does_and_nothing_else(
+        service: Service) -> None:
+    """A valid predict is answered before FastAPI (it never sees it), with the bytes the
+    route would give; every other request reaches FastAPI with its body intact."""
+    api = service.client.app
+    fast = api.app  # BodyLimit(FastPredict(FastAPI))
+    reached: list[str] = []
+    fastapi_app = fast.app
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await fastapi_app(scope, receive, send)
+    fast.app = spy
+    route = TestClient(fastapi_app)  # the route alone, for the expected answers
+    bodies = [{"record": _records(1)[0]}, {"records": _records(20)}]
+    for body in bodies:
+        for headers in (WEB, {"Authorization": f"bearer  {KEYS['web'][1]} "}):
+            got = service.client.post("/v1/predict", json=body, headers=headers)
+            assert got.status_code == 200, got.text
+            assert got.headers["x-riffle-replica"] == service.core.replica
+            assert got.content == route.post("/v1/predict", json=body, headers=WEB).content
+    assert reached == []
+    # Not for the fast path: each answered by FastAPI, as before.
+    cases = [({"json": bodies[0], "headers": ANA}, 403),  # a role that may not predict
+             ({"json": bodies[0], "headers": {"Authorization": f"Basic {KEYS['web'][1]}"}},
+              401),  # not a bearer token
+             ({"json": {"record": {"key": "k", "features": {"a": "x"}}}, "headers": WEB}, 422),
+             ({"content": orjson.dumps(bodies[0]), "headers": {**WEB, "content-type":
+                                                              "text/plain"}}, 422),
+             ({"json": {"records": _records(51)}, "headers": WEB}, 422)]
+    for kwargs, status in cases:
+        assert service.client.post("/v1/predict", **kwargs).status_code == status, kwargs
+    assert reached == ["/v1/predict"] * len(cases)
+    assert service.client.get("/healthz").status_code == 200 and reached[-1] == "/healthz"
+
+
 def test_serving_feedback_goes_to_the_embedded_feedback_stream(service: Service) -> None:
     labels = [{"record_id": "r1", "key": "user-1", "label": True},
               {"record_id": "r2", "key": "user-2", "label": False, "event_time": 5.0}]
@@ -297,3 +333,21 @@ def test_serving_river_checkpoint_each_key_scored_by_its_scorers_model_with_reas
         assert p["reasons"] == [list(r) for r in reasons_for(model, 2)(
             x["features"], max(expected, key=expected.get))]
     assert {scorer_of(x["key"], 2) for x in records} == {0, 1}
+
+
+def test_serving_ingress_sets_serves_environment_and_haproxy_takes_fixed_replicas(
+        make_config: Any) -> None:
+    from actors.serving import serve_env
+
+    def env(**serving: Any) -> dict[str, str]:
+        return serve_env(serving_config(make_config, keys_file=None, **serving))
+
+    assert env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert env(throughput_optimized=False) == {}
+    fast = env(ingress="haproxy", num_replicas=2)
+    assert fast["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert 1 <= int(fast["RAY_SERVE_HAPROXY_NBTHREAD"]) <= 4
+    assert env(ingress="haproxy", haproxy_threads=3)["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
+    with pytest.raises(ValueError, match="fixed num_replicas"):
+        serving_config(make_config, keys_file=None, ingress="haproxy",
+                       autoscaling_config={"min_replicas": 1, "max_replicas": 2})
