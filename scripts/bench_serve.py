@@ -6,7 +6,7 @@
 2. The service (``actors.serving.run_service``, what ``riffle serve`` runs) on the same
    config, in a child process per mode (it serves the stream's model as of its last
    checkpoint), loaded over loopback by a bounded client
-   (aiohttp, keep-alive, C concurrent requests in a closed loop):
+   (wrk if on PATH, else aiohttp; keep-alive, C concurrent requests in a closed loop):
    single-record requests (req/s, p50/p99), batches of 100 records (records/s), then
    single records paced at half the measured rate (p99 at half load).
    ``--modes`` runs the service in Serve's throughput-optimized mode and/or its default;
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,14 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 
 
-def _config(out: Path, events: int, *, optimized: bool, replicas: int, port: int) -> Path:
+def _config(out: Path, events: int, *, mode: str, replicas: int, port: int) -> Path:
     cfg = {"name": "bench", "source": {"kind": "synthetic", "partitions": 2,
                                        "n_events": events, "seed": 7},
            "output": {"out_dir": str(out)},
            "serving": {"port": port, "num_replicas": replicas, "num_cpus": 0.5,
-                       "max_ongoing_requests": 256, "throughput_optimized": optimized,
+                       "max_ongoing_requests": 256, "throughput_optimized": mode != "default",
+                       "ingress": "haproxy" if mode == "haproxy" else "proxy",
                        "max_batch": 1000}}
-    path = out.parent / f"bench-{'opt' if optimized else 'default'}.yaml"
+    path = out.parent / f"bench-{mode}-{replicas}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -74,14 +76,55 @@ def _record(i: int) -> dict[str, Any]:
         "hyears": float(1 + i % 30), "loan": float((i * 11) % 500000)}}
 
 
+def _body(i: int, batch: int) -> bytes:
+    return orjson.dumps({"record": _record(i)} if batch == 1 else
+                        {"records": [_record(i * batch + j) for j in range(batch)]})
+
+
+_WRK = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "{key}"
+wrk.body = [==[{body}]==]
+{delay}
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %d %d %d %f %f\\n", summary.requests, summary.duration,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def _wrk(url: str, *, clients: int, seconds: float, batch: int,
+         rate: float | None = None) -> dict[str, float]:
+    """The same load from wrk (C, one thread): a few percent of a core, where the
+    Python client takes about as much CPU as the service. Paced: each connection waits
+    ``clients / rate`` between requests (the rate reached is reported)."""
+    delay = (f"delay = function() return {1000 * clients / rate:.3f} end"
+             if rate is not None else "")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK.format(key=KEY, body=_body(7, batch).decode(), delay=delay))
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", f.name,
+                              f"{url}/v1/predict"], capture_output=True, text=True,
+                             timeout=seconds + 60).stdout
+    finally:
+        os.unlink(f.name)
+    line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no result for {url}:\n{out[-1000:]}")
+    n, micros, failed, p50, p99 = (float(v) for v in line.split()[1:])
+    spent = micros / 1e6
+    return {"requests_per_s": n / spent, "records_per_s": n * batch / spent,
+            "p50_ms": p50, "p99_ms": p99, "failed": int(failed), "requests": int(n)}
+
+
 async def _load(url: str, *, clients: int, seconds: float, batch: int,
                 rate: float | None = None) -> dict[str, float]:
     import aiohttp
 
     headers = {"X-API-Key": KEY, "content-type": "application/json"}
-    bodies = [orjson.dumps({"record": _record(i)} if batch == 1 else
-                           {"records": [_record(i * batch + j) for j in range(batch)]})
-              for i in range(256)]
+    bodies = [_body(i, batch) for i in range(256)]
     latencies: list[float] = []
     failed = 0
     stop_at = time.perf_counter() + seconds
@@ -119,12 +162,17 @@ async def _load(url: str, *, clients: int, seconds: float, batch: int,
 
 
 def _loads(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    asyncio.run(_load(url, clients=8, seconds=2, batch=1))  # warm up
-    single = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1))
-    batched = asyncio.run(_load(url, clients=max(args.clients // 4, 2), seconds=args.seconds,
-                                batch=100))
-    half = asyncio.run(_load(url, clients=args.clients, seconds=args.seconds, batch=1,
-                             rate=single["requests_per_s"] / 2))
+    if args.client == "wrk":
+        def load(**kw: Any) -> dict[str, float]:
+            return _wrk(url, **kw)
+    else:
+        def load(**kw: Any) -> dict[str, float]:
+            return asyncio.run(_load(url, **kw))
+    load(clients=8, seconds=2, batch=1)  # warm up
+    single = load(clients=args.clients, seconds=args.seconds, batch=1)
+    batched = load(clients=max(args.clients // 4, 2), seconds=args.seconds, batch=100)
+    half = load(clients=args.clients, seconds=args.seconds, batch=1,
+                rate=single["requests_per_s"] / 2)
     return {"single": single, "batched": batched, "half": half}
 
 
@@ -141,7 +189,7 @@ def _child(config: Path, mode: str, args: argparse.Namespace) -> None:
     out: dict[str, Any] = {}
     try:
         out["proxy"] = _loads(url, args)
-        if mode == "optimized":
+        if mode == "optimized":  # the replica's own port, past the proxy
             direct = direct_urls(cfg)
             if direct:
                 try:
@@ -158,7 +206,8 @@ def _serve_and_load(config: Path, mode: str, args: argparse.Namespace) -> dict[s
     if mode == "default":
         env.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
     cmd = [sys.executable, __file__, "--child", mode, "--config", str(config),
-           "--seconds", str(args.seconds), "--clients", str(args.clients)]
+           "--seconds", str(args.seconds), "--clients", str(args.clients),
+           "--client", args.client]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     for line in proc.stdout.splitlines():
@@ -175,8 +224,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--port", type=int, default=18431)
-    ap.add_argument("--modes", default="optimized,default",
-                    help="optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) and/or default")
+    ap.add_argument("--modes", default="haproxy,optimized,default",
+                    help="haproxy (serving.ingress haproxy), optimized (Serve's proxy, "
+                         "RAY_SERVE_THROUGHPUT_OPTIMIZED=1; and the replica's own port), "
+                         "default (Serve's proxy, its defaults)")
+    ap.add_argument("--client", choices=["wrk", "aiohttp"],
+                    default="wrk" if shutil.which("wrk") else "aiohttp",
+                    help="the load client (wrk if on PATH: apt-get install wrk)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -185,7 +239,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         out = Path(tmp) / "out"
-        first = _config(out, args.events, optimized=True, replicas=args.replicas,
+        first = _config(out, args.events, mode="optimized", replicas=args.replicas,
                         port=args.port)
         embedded = _stream(first)
         print(f"embedded (riffle run, {args.events:,} events, same LR model): "
@@ -193,12 +247,13 @@ def main() -> None:
         rows = []
         for mode in args.modes.split(","):
             config = first if mode == "optimized" else _config(
-                out, args.events, optimized=False, replicas=args.replicas, port=args.port)
+                out, args.events, mode=mode, replicas=args.replicas, port=args.port)
             found = _serve_and_load(config, mode, args)
             for route, r in ((k, v) for k, v in found.items() if not k.endswith("_error")):
                 rows.append((f"{mode}, {route}", r))
                 print(f"{mode} {route}: {orjson.dumps(r).decode()}", flush=True)
     print()
+    print(f"load client: {args.client}")
     print(f"| path | single-record req/s (p50 / p99 ms, {args.clients} clients) "
           "| records/s, batches of 100 | p99 ms at half load | failed |")
     print("|---|---|---|---|---|")
