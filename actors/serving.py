@@ -22,30 +22,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ray import serve
+
 from pipelines.config import PipelineConfig, load_config
+from pipelines.serving.auth import load_keys
+from pipelines.serving.routes import make_api
+from pipelines.serving.service import ServingCore, serve_env
 
-__all__ = ["ScoringReplica", "build_app", "direct_urls", "run_service", "serve_env",
-           "stop_service"]
-
-
-def serve_env(config: PipelineConfig) -> dict[str, str]:
-    """The environment Serve's processes read when they start (so it is set before Ray
-    starts): the throughput-optimized mode (Ray >= 2.54: user code and the router on the
-    replica's own event loop, request logs buffered, direct ingress) and the HAProxy
-    ingress (``serving.ingress``)."""
-    s = config.serving
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if s.throughput_optimized else {}
-    if s.ingress == "haproxy":
-        threads = s.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
-        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads)}
-    return env
-
-
-from ray import serve  # noqa: E402  (after the constants it reads are documented)
-
-from pipelines.serving.auth import load_keys  # noqa: E402
-from pipelines.serving.routes import make_api  # noqa: E402
-from pipelines.serving.service import ServingCore  # noqa: E402
+__all__ = ["ScoringReplica", "build_app", "direct_urls", "run_service", "stop_service"]
 
 
 @serve.deployment(name="ScoringReplica", health_check_period_s=2.0,

@@ -98,16 +98,18 @@ end
 def _wrk(url: str, *, clients: int, seconds: float, batch: int,
          rate: float | None = None) -> dict[str, float]:
     """The same load from wrk (C, one thread): a few percent of a core, where the
-    Python client takes about as much CPU as the service. Paced: each connection waits
-    ``clients / rate`` between requests (the rate reached is reported)."""
+    Python client takes about as much CPU as the service. One body for every request
+    (the Python client rotates 256; a key's arm and scorer cost the same). Paced: each
+    connection waits ``clients / rate`` after each answer (the rate reached is reported,
+    a little under the one asked)."""
     delay = (f"delay = function() return {1000 * clients / rate:.3f} end"
              if rate is not None else "")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_WRK.format(key=KEY, body=_body(7, batch).decode(), delay=delay))
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", f.name,
-                              f"{url}/v1/predict"], capture_output=True, text=True,
-                             timeout=seconds + 60).stdout
+        cmd = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", f.name,
+               f"{url}/v1/predict"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     finally:
         os.unlink(f.name)
     line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)

@@ -30,7 +30,7 @@ from pipelines.serving.commands import Outcome, send_command
 from pipelines.serving.feedback import open_feedback
 from pipelines.serving.holder import ModelHolder, Served
 
-__all__ = ["NotReady", "ServingCore"]
+__all__ = ["NotReady", "ServingCore", "serve_env"]
 
 
 class NotReady(RiffleError):
@@ -160,11 +160,9 @@ class ServingCore:
                 ) -> tuple[int, list[dict[str, Any]]]:
         """Every row scored by one deployment (its serial, and the predictions)."""
         served = self.served()
-        if any(rid is None for rid, _, _ in rows):
-            ids = _new_ids(len(rows))
-            rows = [(rid or ids[i], key, features) for i, (rid, key, features)
-                    in enumerate(rows)]
-        scored = served.score(rows)  # type: ignore[arg-type]
+        fresh = iter(_new_ids(sum(rid is None for rid, _, _ in rows)))
+        scored = served.score([(rid if rid is not None else next(fresh), key, features)
+                               for rid, key, features in rows])
         self._count(principal, "predict", len(rows), served.serial)
         return served.serial, scored
 
@@ -238,6 +236,19 @@ class ServingCore:
         return send_command(self.config, self.registry, actor=principal.name,
                             out_dir=self.out_dir, wait=True,
                             timeout_s=self.config.serving.command_timeout_s, **fields)
+
+
+def serve_env(config: PipelineConfig) -> dict[str, str]:
+    """The environment Serve's processes read when they start (so it is set before Ray
+    starts): the throughput-optimized mode (Ray >= 2.54: user code and the router on the
+    replica's own event loop, request logs buffered, direct ingress) and the HAProxy
+    ingress (``serving.ingress``)."""
+    s = config.serving
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if s.throughput_optimized else {}
+    if s.ingress == "haproxy":
+        threads = s.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
+        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads)}
+    return env
 
 
 def _new_ids(n: int) -> list[str]:

@@ -337,7 +337,7 @@ def test_serving_river_checkpoint_each_key_scored_by_its_scorers_model_with_reas
 
 def test_serving_ingress_sets_serves_environment_and_haproxy_takes_fixed_replicas(
         make_config: Any) -> None:
-    from actors.serving import serve_env
+    from pipelines.serving.service import serve_env
 
     def env(**serving: Any) -> dict[str, str]:
         return serve_env(serving_config(make_config, keys_file=None, **serving))
