@@ -81,22 +81,53 @@ def test_reproduce_river_versions_rebuilt_from_parent_equal_artifacts(
     pruned = [c for c in kept if versions[f"rp/{c}"].parent_id is not None
               and versions[f"rp/{c}"].parent_id.split("/")[1] not in kept]
     assert direct and pruned
+    # The checkpoints fall where the schedule's polls do (timing): the first may precede
+    # any label learned, so each is checked against what it holds, and some replay at all.
+    examples = {c: _examples(cfg, c) for c in kept}
+    replayed = 0
     for ckpt in (kept[0], direct[-1], pruned[-1]):
         doc = _reproduce(cfg, ckpt)
         assert doc["reproduced"], (ckpt, doc["first_difference"])
         assert set(doc["scorers"]) == {"scorer-0", "scorer-1"}
+        parent_id = versions[f"rp/{ckpt}"].parent_id
+        parent = parent_id.split("/")[1] if parent_id else None
         for name, p in doc["scorers"].items():
             assert p["equal"] and p["max_error"] <= 1e-12, (ckpt, name)
             assert p["n_values"] > 10  # weights, intercept, scaler statistics compared
             assert p["model_version"] == "v0"
-            assert p["replayed"] > 0
+            assert p["examples"] == examples[ckpt][name]
+            if ckpt in direct:  # from the parent's state: the examples learned since
+                assert p["replayed"] == p["examples"] - examples[parent][name]
+            elif ckpt == kept[0]:  # from the fresh model: every example
+                assert p["replayed"] == p["examples"]
+            replayed += p["replayed"]
             if ckpt == kept[0]:
                 assert p["rebuilt_from"] == "the config's fresh model"
             elif ckpt in pruned:
                 assert "is pruned" in p["rebuilt_from"]
             else:
-                parent = versions[f"rp/{ckpt}"].parent_id.split("/")[1]
                 assert p["rebuilt_from"] == f"checkpoint {parent} ({name})"
+    assert replayed > 0
+
+
+def _examples(cfg: PipelineConfig, ckpt: str) -> dict[str, int]:
+    """The examples each scorer's state in ``ckpt`` has learned."""
+    from pipelines.checkpoint import loads_state
+
+    store = CheckpointStore(cfg.checkpoint_store_url())
+    [manifest] = [m for m in store.manifests() if m.id == ckpt]
+    return {n: int(loads_state(store.read_part(manifest, n))["counts"].get("examples", 0))
+            for n in manifest.parts if n.startswith("scorer-")}
+
+
+def _learning(cfg: PipelineConfig, kept: list[str]) -> str:
+    """The newest kept checkpoint whose commit holds labels scorer-0's live model learned
+    (the final one may hold none: the last scheduled checkpoint can end the stream)."""
+    audit = AuditStore(cfg.checkpoint_store_url())
+    learned = {c.checkpoint for c in audit.commits()
+               if any(s.kind == "training" and s.scorer == "scorer-0" and s.rows
+                      for s in c.segments)}
+    return [c for c in kept if c in learned][-1]
 
 
 def _tamper(cfg: PipelineConfig, ckpt: str) -> tuple[Path, bytes]:
@@ -120,7 +151,7 @@ def _tamper(cfg: PipelineConfig, ckpt: str) -> tuple[Path, bytes]:
 
 def test_reproduce_tampered_training_label_not_equal_exit_1(run: dict[str, Any]) -> None:
     cfg, kept = run["cfg"], run["kept"]
-    ckpt = kept[-1]
+    ckpt = _learning(cfg, kept)
     path, before = _tamper(cfg, ckpt)
     try:
         doc = _reproduce(cfg, ckpt)
