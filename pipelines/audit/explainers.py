@@ -32,8 +32,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from river import compose, linear_model, preprocessing, tree
+from river import compose, linear_model, preprocessing
 
+from pipelines.audit.reasons import is_tree
 from pipelines.errors import AuditError
 
 __all__ = ["EXACT_MAX_FEATURES", "ShapMissing", "explain_model", "linear", "tree_path"]
@@ -46,7 +47,6 @@ BACKGROUND = 20
 model calls: ~3 s for 9 features and a naive Bayes model)."""
 
 _LINEAR = (linear_model.LogisticRegression, linear_model.LinearRegression)
-_TREES = (tree.HoeffdingTreeClassifier, tree.HoeffdingTreeRegressor)
 
 
 class ShapMissing(AuditError):
@@ -67,7 +67,7 @@ def explain_model(model: Any, features: dict[str, Any], *, task: str,
             type(s) is preprocessing.StandardScaler for s in front) and len(front) <= 1:
         return {"method": "linear", "linear": linear(final, front[0] if front else None,
                                                      features)}
-    if isinstance(final, _TREES):
+    if is_tree(final):
         x = dict(features)
         for step in front:  # transformers in front: the tree sees what they make of x
             x = step.transform_one(x)
@@ -105,6 +105,7 @@ def linear(model: Any, scaler: Any, features: dict[str, Any]) -> dict[str, Any]:
 
 def tree_path(model: Any, x: dict[str, Any]) -> dict[str, Any]:
     """The decision path of ``x`` through a Hoeffding tree, and the leaves that score it."""
+    from river import tree
     from river.tree.nodes.branch import DTBranch
 
     root = model._root
@@ -160,6 +161,8 @@ def _combine(model: Any, predictions: list[Any], regression: bool) -> Any:
     """The leaves' predictions as the tree combines them into its score."""
     if regression:
         return sum(predictions) / len(predictions)
+    from river import tree
+
     proba: dict[Any, float] = {c: 0.0 for c in model.classes}
     for p in predictions:
         for c, v in (p or {}).items():

@@ -46,8 +46,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from river import compose, linear_model, preprocessing, tree
-from river.tree.nodes.branch import DTBranch
+from river import compose, linear_model, preprocessing
 
 __all__ = ["Reasons", "ScoredWithReasons", "reasons_for", "scored_with_reasons"]
 
@@ -60,7 +59,17 @@ ScoredWithReasons = Callable[[dict[str, Any]], tuple[Any, list[list[Any]]]]
 top-k reasons of it, from one scaling of the features."""
 
 _LINEAR = (linear_model.LogisticRegression, linear_model.LinearRegression)
-_TREES = (tree.HoeffdingTreeClassifier, tree.HoeffdingTreeRegressor)
+
+
+def is_tree(model: Any) -> bool:
+    """Whether ``model`` is a Hoeffding tree (classifier or regressor, adaptive ones
+    too). Only a class of ``river.tree``'s modules can make one, so ``river.tree``
+    itself (every tree, and ``scipy.stats`` with them) is imported only then."""
+    if not any(c.__module__.startswith("river.tree.") for c in type(model).__mro__):
+        return False
+    from river import tree
+
+    return isinstance(model, (tree.HoeffdingTreeClassifier, tree.HoeffdingTreeRegressor))
 
 
 def reasons_for(model: Any, top_k: int) -> Reasons | None:
@@ -70,7 +79,7 @@ def reasons_for(model: Any, top_k: int) -> Reasons | None:
     if isinstance(final, _LINEAR) and len(front) <= 1 and all(
             type(s) is preprocessing.StandardScaler for s in front):
         return _linear(final, front[0] if front else None, top_k)
-    if isinstance(final, _TREES) and all(hasattr(s, "transform_one") for s in front):
+    if is_tree(final) and all(hasattr(s, "transform_one") for s in front):
         return _tree(final, front, top_k)
     return None
 
@@ -167,6 +176,9 @@ def _linear(model: Any, scaler: Any, top_k: int) -> Reasons:
 
 
 def _tree(model: Any, front: list[Any], top_k: int) -> Reasons:
+    from river import tree
+    from river.tree.nodes.branch import DTBranch
+
     classifier = isinstance(model, tree.HoeffdingTreeClassifier)
 
     def share(stats: Any, target: Any) -> float:

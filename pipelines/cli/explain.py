@@ -37,9 +37,10 @@ __all__ = ["explain"]
 def explain(config: Path, record_id: str, arm: str | None, as_json: bool,
             registry_url: str | None, out: Path | None) -> None:
     """Explain RECORD_ID's score with the model exactly as it was when it scored it."""
-    from pipelines.lazy import AUDIT_COLD, defer
+    from pipelines.lazy import AUDIT_COLD, AUDIT_COLD_PACKAGES, defer
 
-    defer(*AUDIT_COLD)  # a cold command: River's unused families load only if read
+    # a cold command: River's unused families load only if read
+    defer(*AUDIT_COLD, packages=AUDIT_COLD_PACKAGES)
     from pipelines.audit.explain import Explainer
     from pipelines.audit.subjects import subject_hash
     from pipelines.registry import Registry

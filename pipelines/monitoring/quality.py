@@ -46,7 +46,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from river import metrics as rm
 from river import utils
 
 from pipelines.config import QualityConfig
@@ -97,6 +96,10 @@ class _Windows:
     __slots__ = ("auc", "by_count", "by_time", "f1", "n_batch", "names", "sums", "task")
 
     def __init__(self, task: str, n: int, period: dt.timedelta) -> None:
+        # river.metrics imports scipy.stats (~0.4 s): only a scorer's windows need it,
+        # not the audit commands that import this module through pipelines.scoring
+        from river import metrics as rm
+
         self.task = task
         self.names = ("mae", "mse") if task == "regression" else ("accuracy", "log_loss")
         self.by_count = utils.Rolling(_Sums, window_size=n)

@@ -254,13 +254,13 @@ from pipelines.lazy import deferred
 try:
     cli.main(sys.argv[1:], standalone_mode=False)
 finally:
-    run = [m for m in ("sklearn", "pandas", "alembic", "river.stream", "river.datasets")
-           if m in sys.modules and m not in deferred()]
+    run = [m for m in ("sklearn", "pandas", "alembic", "river.stream", "river.datasets",
+                       "river.tree", "scipy.stats") if m in sys.modules and m not in deferred()]
     sys.stderr.write(orjson.dumps(run).decode())
 """
 
 
-def test_cli_explain_cold_runs_without_sklearn_pandas_or_alembic_and_answers_the_same(
+def test_cli_explain_cold_runs_without_sklearn_pandas_alembic_or_trees_and_answers_the_same(
         drive: Callable[..., Any], tmp_path: Path) -> None:
     from pipelines.registry import Registry
 
