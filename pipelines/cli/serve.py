@@ -45,6 +45,9 @@ def serve(config: Path, host: str | None, port: int | None, out: Path | None) ->
     try:
         with one_line():
             url = run_service(cfg, out_dir=out, host=host, port=port)
+        # Again after ray.init, which installs its own SIGTERM handler in the driver (it
+        # aborted the process: exit -6, Serve and Ray left to die on their own).
+        signal.signal(signal.SIGTERM, on_signal)
         s = cfg.serving
         scale = (f"{s.autoscaling_config.min_replicas}-{s.autoscaling_config.max_replicas} "
                  "replicas (autoscaling)" if s.autoscaling_config else
