@@ -610,13 +610,14 @@ class ServingConfig(_Frozen):
     throughput_optimized: bool = True
     """Start Serve with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (``riffle serve`` on a
     Ray it starts; a cluster sets it in its own environment)."""
-    ingress: Literal["proxy", "haproxy"] = "proxy"
-    """How requests reach the replicas: ``proxy`` (Serve's Python proxy actor) or
-    ``haproxy`` (Serve's HAProxy ingress, shipped with ``ray[serve]`` on Linux: requests
-    go straight to the replicas' own ports; several times the proxy's rate here). Set
-    when ``riffle serve`` starts Ray (``RAY_SERVE_ENABLE_HA_PROXY=1``); a cluster sets
-    it in its own environment. Fixed replicas only: under it Serve's autoscaler did
-    not see the replicas' load (Ray 2.60)."""
+    ingress: Literal["auto", "proxy", "haproxy"] = "auto"
+    """How requests reach the replicas: ``haproxy`` (Serve's HAProxy ingress, shipped
+    with ``ray[serve]`` on Linux: requests go straight to the replicas' own ports;
+    ~13x the proxy's rate here), ``proxy`` (Serve's Python proxy actor), or ``auto``:
+    HAProxy for fixed replicas where Serve's HAProxy is installed, the proxy with
+    ``autoscaling_config`` (under HAProxy Serve's autoscaler did not see the replicas'
+    load, Ray 2.60) or without the binary. Set when ``riffle serve`` starts Ray
+    (``RAY_SERVE_ENABLE_HA_PROXY=1``); a cluster sets it in its own environment."""
     haproxy_threads: Annotated[int, Field(ge=1, le=64)] | None = None
     """HAProxy's threads (None: half the machine's cores, 1 to 4; Serve's own default
     of 4 took the CPU from the replicas on 2 cores)."""

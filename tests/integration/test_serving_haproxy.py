@@ -1,8 +1,9 @@
-"""``riffle serve`` with ``serving.ingress: haproxy``, as an operator starts it: a process
-of its own that starts its own Ray (Serve picks its HAProxy ingress from the environment
-Ray's processes start with, so the session's Ray, started with the proxy, cannot show
-it). Requests go through a real HAProxy to the replica; a deploy on the control stream
-reaches it with no failed or mixed request; SIGTERM stops it with nothing left running.
+"""``riffle serve`` with Serve's HAProxy ingress (``serving.ingress``'s default for fixed
+replicas), as an operator starts it: a process of its own that starts its own Ray (Serve
+picks its HAProxy ingress from the environment Ray's processes start with, so the
+session's Ray, started with the proxy, cannot show it). Requests go through a real
+HAProxy to the replica; a deploy on the control stream reaches it with no failed or
+mixed request; SIGTERM stops it with nothing left running.
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ def test_riffle_serve_with_the_haproxy_ingress_answers_follows_deploys_and_stops
         for name, (role, key) in KEYS.items()))
     port = free_port()
     cfg: PipelineConfig = serving_config(
-        make_config, keys_file=str(keys), ingress="haproxy", haproxy_threads=1,
-        num_replicas=1, num_cpus=0, port=port)
+        make_config, keys_file=str(keys), haproxy_threads=1, num_replicas=1, num_cpus=0,
+        port=port)  # the default ingress (auto): HAProxy, for fixed replicas
     registry = Registry(cfg.registry_url())
     a = register(registry, root, cfg.name, "sk-a", fitted(1.0))
     b = register(registry, root, cfg.name, "sk-b", fitted(-1.0))
@@ -141,7 +142,7 @@ def test_riffle_serve_with_the_haproxy_ingress_answers_follows_deploys_and_stops
     service = Service(config_file, root)
     try:
         banner = service.wait_up()
-        assert f"at {url}" in banner and "1 replica(s)" in banner
+        assert f"at {url}" in banner and "1 replica(s), Serve's HAProxy ingress" in banner
         # The port is HAProxy's: Serve's Python proxy is not what listens there.
         listeners = {c.pid for c in psutil.net_connections("tcp")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port}

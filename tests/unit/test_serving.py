@@ -337,13 +337,19 @@ def test_serving_river_checkpoint_each_key_scored_by_its_scorers_model_with_reas
 
 def test_serving_ingress_sets_serves_environment_and_haproxy_takes_fixed_replicas(
         make_config: Any) -> None:
-    from pipelines.serving.service import serve_env
+    from pipelines.serving.service import haproxy_installed, serve_env
 
     def env(**serving: Any) -> dict[str, str]:
         return serve_env(serving_config(make_config, keys_file=None, **serving))
 
-    assert env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert env(throughput_optimized=False) == {}
+    assert env(ingress="proxy") == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert env(ingress="proxy", throughput_optimized=False) == {}
+    # auto (the default): HAProxy for fixed replicas (ray[serve] ships it on Linux), the
+    # proxy where Serve autoscales
+    assert haproxy_installed()
+    assert env()["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env(autoscaling_config={
+        "min_replicas": 1, "max_replicas": 2})
     fast = env(ingress="haproxy", num_replicas=2)
     assert fast["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert 1 <= int(fast["RAY_SERVE_HAPROXY_NBTHREAD"]) <= 4
