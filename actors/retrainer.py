@@ -258,21 +258,20 @@ class Retrainer:
 def retrain_job(config: PipelineConfig, store_url: str, registry_url: str | None,
                 trigger: dict[str, Any], parent: str | None, task: str) -> dict[str, Any]:
     """Read the window (Ray Data, committed segments only), train, gate, register."""
-    from pipelines.monitoring.candidate import register_candidate, train_candidate
+    from pipelines.monitoring.candidate import (
+        register_candidate,
+        train_candidate,
+        wait_for_window,
+    )
 
     window = config.retraining.window
     since = trigger.get("since")
-    examples = read_window(store_url, n_labels=window.n_labels, since=since,
-                           max_age_s=window.max_age_s)
-    # The policy starts the job once n_labels labels *arrived* after the alarm; the job
-    # reads committed ones only: it waits for the checkpoints that commit the rest.
     every = max(config.checkpoint.interval_s or 0.0, 1.0)
-    deadline = time.monotonic() + min(config.retraining.timeout_s / 2, 20 * every)
-    while since is not None and len(examples) < window.n_labels and \
-            time.monotonic() + every < deadline:
-        time.sleep(every)
-        examples = read_window(store_url, n_labels=window.n_labels, since=since,
-                               max_age_s=window.max_age_s)
+    examples = wait_for_window(
+        lambda: read_window(store_url, n_labels=window.n_labels, since=since,
+                            max_age_s=window.max_age_s),
+        n_labels=window.n_labels, since=since, every_s=every,
+        budget_s=min(config.retraining.timeout_s / 2, 20 * every))
     if len(examples) < 10:
         return {"status": "failed", "why": f"{len(examples)} examples in the window"}
     candidate = train_candidate(config, examples, task)
@@ -301,12 +300,12 @@ def read_window(store_url: str, *, n_labels: int, since: float | None = None,
                 max_age_s: float | None = None) -> list[Any]:
     """The newest ``n_labels`` examples the live arm learned (after ``since``, at most
     ``max_age_s`` old), oldest first, with their features and the live prediction: the
-    committed training log and audit trail, read with Ray Data."""
-    import orjson
+    committed training log and audit trail, read with Ray Data
+    (:func:`pipelines.monitoring.candidate.window_of` makes the window of them)."""
     import ray.data
 
     from pipelines.audit.trail import AuditStore
-    from pipelines.monitoring.candidate import Example
+    from pipelines.monitoring.candidate import window_of
 
     store = AuditStore(store_url)
     training = [store.path(s.path) for s in store.committed_segments("training")]
@@ -324,25 +323,6 @@ def read_window(store_url: str, *, n_labels: int, since: float | None = None,
     learned = ray.data.read_parquet(
         training, columns=["record_id", "topic", "partition", "offset", "label", "arm",
                            "learned_at"], ray_remote_args=zero).to_pandas()
-    learned = learned[learned["arm"] == "live"]
-    if since is not None:
-        learned = learned[learned["learned_at"] >= since]
-    if max_age_s is not None:
-        learned = learned[learned["learned_at"] >= time.time() - max_age_s]
-    learned = learned.drop_duplicates("record_id").sort_values("learned_at").tail(n_labels)
-    wanted = set(learned["record_id"])
     scored = ray.data.read_parquet(trail, columns=["record_id", "role", "features", "output"],
                                    ray_remote_args=zero).to_pandas()
-    scored = scored[(scored["role"] == "live") & scored["record_id"].isin(wanted)]
-    seen = {r: (f, o) for r, f, o in zip(scored["record_id"], scored["features"],
-                                         scored["output"], strict=True)}
-    out = []
-    for row in learned.itertuples(index=False):
-        got = seen.get(row.record_id)
-        if got is None:
-            continue
-        features, output = got
-        out.append(Example(row.record_id, row.topic, int(row.partition), int(row.offset),
-                           orjson.loads(features), orjson.loads(row.label),
-                           orjson.loads(output).get("prediction"), float(row.learned_at)))
-    return out
+    return window_of(learned, scored, n_labels=n_labels, since=since, max_age_s=max_age_s)

@@ -15,15 +15,20 @@ registered, and the job says why.
 from __future__ import annotations
 
 import math
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from pipelines.checkpoint import dumps_state
 from pipelines.config import ModelSpec, PipelineConfig
 from pipelines.monitoring.retraining import gate
 
-__all__ = ["Example", "TrainedCandidate", "register_candidate", "train_candidate"]
+__all__ = ["Example", "TrainedCandidate", "register_candidate", "train_candidate",
+           "wait_for_window", "window_of"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,56 @@ class Example:
     served: Any
     """What the live version predicted for it (None if the trail lacks it)."""
     learned_at: float
+
+
+def window_of(learned: Any, scored: Any, *, n_labels: int, since: float | None = None,
+              max_age_s: float | None = None, now: float | None = None) -> list[Example]:
+    """The window, oldest first: the newest ``n_labels`` examples the live arm learned
+    (after ``since``, at most ``max_age_s`` old at ``now``), each with its features and the
+    live prediction from the trail; an example the trail lacks is left out.
+
+    ``learned``: the committed training log's rows (record_id, topic, partition, offset,
+    label, arm, learned_at), ``scored``: the committed trail's (record_id, role,
+    features, output), as pandas frames (what Ray Data reads).
+    """
+    learned = learned[learned["arm"] == "live"]
+    if since is not None:
+        learned = learned[learned["learned_at"] >= since]
+    if max_age_s is not None:
+        learned = learned[learned["learned_at"] >= (time.time() if now is None else now)
+                          - max_age_s]
+    learned = learned.drop_duplicates("record_id").sort_values("learned_at").tail(n_labels)
+    scored = scored[(scored["role"] == "live") & scored["record_id"].isin(
+        set(learned["record_id"]))]
+    seen = {r: (f, o) for r, f, o in zip(scored["record_id"], scored["features"],
+                                         scored["output"], strict=True)}
+    out = []
+    for row in learned.itertuples(index=False):
+        got = seen.get(row.record_id)
+        if got is None:
+            continue
+        features, output = got
+        out.append(Example(row.record_id, row.topic, int(row.partition), int(row.offset),
+                           orjson.loads(features), orjson.loads(row.label),
+                           orjson.loads(output).get("prediction"), float(row.learned_at)))
+    return out
+
+
+def wait_for_window(read: Callable[[], list[Example]], *, n_labels: int,
+                    since: float | None, every_s: float, budget_s: float,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic) -> list[Example]:
+    """The window as ``read`` returns it, read again every ``every_s`` while it holds
+    fewer than ``n_labels`` examples, for at most ``budget_s``. The policy starts a job
+    once ``n_labels`` labels *arrived* after an alarm (``since``); the window holds the
+    committed ones only, so the job waits for the checkpoints that commit the rest.
+    Without ``since`` (a window of whatever is there) it reads once."""
+    deadline = clock() + budget_s
+    examples = read()
+    while since is not None and len(examples) < n_labels and clock() + every_s < deadline:
+        sleep(every_s)
+        examples = read()
+    return examples
 
 
 @dataclass

@@ -79,3 +79,72 @@ def test_candidate_new_concept_beats_stale_live_and_passes_gate() -> None:
     assert cand.n_train == 2400 and cand.n_holdout == 600
     assert cand.gate["live"] == 0.0 and cand.gate["candidate"] > 0.9
     assert cand.gate["passed"] and cand.kind == "river"
+
+
+def _frames() -> tuple[object, object]:
+    import orjson
+    import pandas as pd
+
+    learned = pd.DataFrame([
+        # record, arm, learned_at; r2 learned twice (a replay); r5 by a shadow arm only
+        {"record_id": r, "topic": "t", "partition": 0, "offset": i, "label": b"true",
+         "arm": arm, "learned_at": at}
+        for i, (r, arm, at) in enumerate([("r1", "live", 1.0), ("r2", "live", 2.0),
+                                          ("r2", "live", 2.5), ("r3", "live", 3.0),
+                                          ("r4", "live", 4.0), ("r5", "shadow", 5.0),
+                                          ("r6", "live", 6.0)])])
+    scored = pd.DataFrame([
+        {"record_id": r, "role": role, "features": orjson.dumps({"x": n}),
+         "output": orjson.dumps({"prediction": role == "live"})}
+        for n, (r, role) in enumerate([("r1", "live"), ("r2", "live"), ("r3", "live"),
+                                       ("r3", "shadow"), ("r4", "shadow"),
+                                       ("r5", "live"), ("r6", "live")])])
+    return learned, scored
+
+
+def test_window_of_takes_the_newest_live_labels_with_their_trail_rows_oldest_first() -> None:
+    from pipelines.monitoring.candidate import window_of
+
+    learned, scored = _frames()
+    window = window_of(learned, scored, n_labels=10)
+    # r4's live row is not in the trail (its shadow's is): left out; r5 a shadow's label
+    assert [e.record_id for e in window] == ["r1", "r2", "r3", "r6"]
+    assert [e.learned_at for e in window] == [1.0, 2.0, 3.0, 6.0]  # r2 once, the first
+    assert window[2].features == {"x": 2} and window[2].served is True
+    assert window[0].label is True and window[0].offset == 0
+    assert [e.record_id for e in window_of(learned, scored, n_labels=2)] == ["r6"]  # r4, r6
+    after = window_of(learned, scored, n_labels=10, since=2.5)  # r2's replay is after it
+    assert [(e.record_id, e.learned_at) for e in after] == [("r2", 2.5), ("r3", 3.0),
+                                                             ("r6", 6.0)]
+    assert [e.record_id for e in window_of(learned, scored, n_labels=10, max_age_s=3.5,
+                                           now=7.0)] == ["r6"]
+
+
+def test_wait_for_window_reads_again_until_full_or_out_of_time() -> None:
+    from pipelines.monitoring.candidate import wait_for_window
+
+    clock = [0.0]
+    sizes = iter([3, 5, 8, 12, 20])
+    reads: list[int] = []
+
+    def read() -> list[Example]:
+        n = next(sizes)
+        reads.append(n)
+        return [Example(f"r{i}", "t", 0, i, {}, True, True, float(i)) for i in range(n)]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    def wait(**kw: object) -> list[Example]:
+        return wait_for_window(read, sleep=sleep, clock=lambda: clock[0], **kw)
+
+    assert len(wait(n_labels=10, since=1.0, every_s=1.0, budget_s=60.0)) == 12
+    assert reads == [3, 5, 8, 12]
+    reads.clear()
+    sizes = iter([1, 2, 3, 4, 5, 6])
+    clock[0] = 0.0
+    assert len(wait(n_labels=10, since=1.0, every_s=2.0, budget_s=5.0)) == 3  # 3 reads in 5 s
+    reads.clear()
+    sizes = iter([4])
+    assert len(wait(n_labels=10, since=None, every_s=1.0, budget_s=60.0)) == 4  # no alarm: once
+    assert reads == [4]
