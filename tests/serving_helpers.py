@@ -25,6 +25,21 @@ KEYS = {"web": ("scorer", "k-web"), "ana": ("reader", "k-ana"), "ops": ("admin",
 KEYS_ENV = ",".join(f"{name}:{role}:{key}" for name, (role, key) in KEYS.items())
 
 
+def keys_file(tmp: Path) -> Path:
+    """A secrets file of :data:`KEYS` (what ``serving.keys_file`` names)."""
+    path = tmp / "keys.yaml"
+    path.write_text("principals:\n" + "".join(
+        f"  - {{name: {name}, role: {role}, key: {key}}}\n"
+        for name, (role, key) in KEYS.items()))
+    return path
+
+
+def records(n: int, start: int) -> list[dict[str, Any]]:
+    """``n`` predict records (keys ``user-<i>``, features a and b) from ``start``."""
+    return [{"key": f"user-{i}", "features": {"a": (i % 7) - 3.0, "b": (i % 5) - 2.0}}
+            for i in range(start, start + n)]
+
+
 def fitted(sign: float) -> SklearnModel:
     """A logistic regression on a and b: ``sign`` 1 says a > b is True, -1 the opposite."""
     rng = np.random.default_rng(3)

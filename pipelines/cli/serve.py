@@ -8,6 +8,7 @@ API keys come from ``RIFFLE_SERVE_KEYS`` or a secrets file (``serving.keys_file`
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -30,7 +31,6 @@ __all__ = ["serve"]
 def serve(config: Path, host: str | None, port: int | None, out: Path | None) -> None:
     """Serve CONFIG's models over HTTP (predict, feedback, models, audit, admin)."""
     from pipelines.serving.auth import load_keys
-    from pipelines.serving.service import ingress_of
 
     with one_line():
         cfg = load_config(config)
@@ -53,8 +53,11 @@ def serve(config: Path, host: str | None, port: int | None, out: Path | None) ->
         scale = (f"{s.autoscaling_config.min_replicas}-{s.autoscaling_config.max_replicas} "
                  "replicas (autoscaling)" if s.autoscaling_config else
                  f"{s.num_replicas} replica(s)")
-        ingress = ("Serve's HAProxy ingress" if ingress_of(cfg) == "haproxy"
-                   else "Serve's proxy")
+        # What is in effect: the environment Ray started with here (serving.ingress, or
+        # the operator's own RAY_SERVE_ENABLE_HA_PROXY), or a joined cluster's own.
+        ingress = ("the cluster's ingress" if os.environ.get("RAY_ADDRESS") else
+                   "Serve's HAProxy ingress" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+                   == "1" else "Serve's proxy")
         click.echo(f"serving {cfg.name} at {url} ({scale}, {ingress}, {len(keys)} API keys); "
                    f"API at {url}/docs; Ctrl-C stops")
         direct = direct_urls(cfg)

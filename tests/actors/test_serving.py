@@ -4,7 +4,6 @@ autoscaling, and the OpenAPI contract checked by schemathesis against the runnin
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,16 @@ from pipelines.config import PipelineConfig
 from pipelines.errors import ConfigError
 from pipelines.protocol import Command
 from pipelines.registry import Registry
-from tests.serving_helpers import KEYS, Stream, fitted, register, serving_config
+from tests.ray_cluster import free_port
+from tests.serving_helpers import (
+    KEYS,
+    Stream,
+    fitted,
+    keys_file,
+    records,
+    register,
+    serving_config,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -28,31 +36,17 @@ WEB = {"X-API-Key": KEYS["web"][1]}
 OPS = {"X-API-Key": KEYS["ops"][1]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def serve_url() -> Iterator[str]:
     """Serve's proxy on a free local port for this module's applications."""
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
-
-
-def _keys_file(tmp: Path) -> Path:
-    path = tmp / "keys.yaml"
-    path.write_text("principals:\n" + "".join(
-        f"  - {{name: {name}, role: {role}, key: {key}}}\n"
-        for name, (role, key) in KEYS.items()))
-    return path
 
 
 class App:
@@ -87,7 +81,7 @@ def make_app(make_config: Any, tmp_path: Path, serve_url: str) -> Iterator[Calla
     apps: list[App] = []
 
     def make(name: str, **serving: Any) -> App:
-        cfg = serving_config(make_config, keys_file=str(_keys_file(tmp_path)), num_cpus=0,
+        cfg = serving_config(make_config, keys_file=str(keys_file(tmp_path)), num_cpus=0,
                              **serving)
         app = App(cfg, tmp_path, name, serve_url)
         apps.append(app)
@@ -96,11 +90,6 @@ def make_app(make_config: Any, tmp_path: Path, serve_url: str) -> Iterator[Calla
     yield make
     for app in apps:
         app.close()
-
-
-def _records(n: int, start: int) -> list[dict[str, Any]]:
-    return [{"key": f"user-{i}", "features": {"a": (i % 7) - 3.0, "b": (i % 5) - 2.0}}
-            for i in range(start, start + n)]
 
 
 class Load:
@@ -130,7 +119,7 @@ class Load:
             while not self._stop.is_set():
                 try:
                     r = session.post(f"{self.url}/v1/predict", headers=WEB, timeout=30,
-                                     json={"records": _records(self.batch, i * 100_000 + n)})
+                                     json={"records": records(self.batch, i * 100_000 + n)})
                     body = r.json() if r.status_code == 200 else {}
                     answer = (time.monotonic(), r.status_code,
                               r.headers.get("x-riffle-replica", ""),
@@ -217,7 +206,7 @@ def api_schema(tmp_path_factory: Any, serve_url: str) -> Iterator[Any]:
     cfg = PipelineConfig.model_validate({
         "name": "contract", "source": {"kind": "synthetic", "partitions": 1},
         "output": {"out_dir": str(tmp / "out")},
-        "serving": {"keys_file": str(_keys_file(tmp)), "num_cpus": 0, "max_batch": 20,
+        "serving": {"keys_file": str(keys_file(tmp)), "num_cpus": 0, "max_batch": 20,
                     "poll_interval_s": 0.2}})
     app = App(cfg, tmp, "contract", serve_url)
     app.apply(op="deploy", version=app.a)

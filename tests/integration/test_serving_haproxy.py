@@ -28,7 +28,15 @@ from pipelines.config import PipelineConfig
 from pipelines.protocol import Command
 from pipelines.registry import Registry
 from tests.ray_cluster import free_port, ray_bin
-from tests.serving_helpers import KEYS, Stream, fitted, register, serving_config
+from tests.serving_helpers import (
+    KEYS,
+    Stream,
+    fitted,
+    keys_file,
+    records,
+    register,
+    serving_config,
+)
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
@@ -111,9 +119,8 @@ def root() -> Iterator[Path]:
 
 
 def _predict(url: str, i: int, n: int = 1) -> tuple[int, set[str]]:
-    records = [{"key": f"user-{j}", "features": {"a": (j % 7) - 3.0, "b": (j % 5) - 2.0}}
-               for j in range(i, i + n)]
-    body: dict[str, Any] = {"record": records[0]} if n == 1 else {"records": records}
+    rows = records(n, i)
+    body: dict[str, Any] = {"record": rows[0]} if n == 1 else {"records": rows}
     r = requests.post(f"{url}/v1/predict", headers=WEB, json=body, timeout=30)
     if r.status_code != 200:
         return r.status_code, set()
@@ -122,13 +129,9 @@ def _predict(url: str, i: int, n: int = 1) -> tuple[int, set[str]]:
 
 def test_riffle_serve_with_the_haproxy_ingress_answers_follows_deploys_and_stops_clean(
         make_config: Any, root: Path) -> None:
-    keys = root / "keys.yaml"
-    keys.write_text("principals:\n" + "".join(
-        f"  - {{name: {name}, role: {role}, key: {key}}}\n"
-        for name, (role, key) in KEYS.items()))
     port = free_port()
     cfg: PipelineConfig = serving_config(
-        make_config, keys_file=str(keys), haproxy_threads=1, num_replicas=1, num_cpus=0,
+        make_config, keys_file=str(keys_file(root)), haproxy_threads=1, num_replicas=1, num_cpus=0,
         port=port)  # the default ingress (auto): HAProxy, for fixed replicas
     registry = Registry(cfg.registry_url())
     a = register(registry, root, cfg.name, "sk-a", fitted(1.0))
